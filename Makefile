@@ -1,0 +1,30 @@
+# Two commands: `make run` (the whole workflow) and `make test` (the test suite).
+# Both create .venv with Python 3.11+ and install this package into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+
+.PHONY: run test test-fast bench lint clean
+
+$(BIN)/dyn: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(BIN)/dyn
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+test: $(BIN)/dyn
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+test-fast: $(BIN)/dyn
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"
+
+lint: $(BIN)/dyn
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results resources .snakemake

@@ -1,0 +1,257 @@
+"""The `dyn` command: one subcommand per workflow step. Parsing only; the work is in the library."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+log = logging.getLogger("dyn")
+
+
+def _json(ctx, param, value):
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON ({error.msg})") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object")
+    return parsed
+
+
+def _setup(threads: int | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+dataset_option = click.option("--dataset", "dataset_cfg", callback=_json, default=None,
+                              help='Dataset config as JSON, e.g. \'{"name": "digits"}\'.')
+train_option = click.option("--train", "train_cfg", callback=_json, default=None,
+                            help="Training recipe as JSON (keys of the config's train section).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+@click.group()
+@click.version_option(package_name="dyn")
+def cli():
+    """Distillation Dynamics: per-layer analysis and feature distillation of vision transformers."""
+
+
+@cli.command()
+@click.option("--name", required=True, help="Model key (as in the config).")
+@click.option("--arch", required=True, help="timm model name.")
+@click.option("--weights", required=True, help="train, hub, a local file or an http(s) URL.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors path.")
+@click.option("--epochs", type=click.IntRange(min=0), default=0, help="Epochs when --weights train.")
+@click.option("--seed", type=int, default=0)
+@click.option("--evaluate/--no-evaluate", default=True, help="Measure validation accuracy.")
+@click.option("--state", type=click.Path(dir_okay=False), default=None, help="Resumable training state file.")
+@dataset_option
+@train_option
+@device_option
+@threads_option
+def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, train_cfg, device, threads):
+    """Make resources/checkpoints/<model>.safetensors and its JSON (source, sha256, val accuracy)."""
+    _setup(threads)
+    from .fetch import fetch as run_fetch
+    from .recipe import Recipe
+
+    run_fetch(name, arch, weights, out, dataset_cfg, Recipe.from_dict(train_cfg), epochs=epochs, seed=seed,
+              device=device, evaluate_model=evaluate, state_path=Path(state) if state else None)
+
+
+@cli.command()
+@click.option("--name", required=True, help="Model key (as in the config).")
+@click.option("--arch", required=True, help="timm model name.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fetched .safetensors.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc path.")
+@click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--samples-per-chunk", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--compression-level", type=click.IntRange(0, 9), default=1, show_default=True)
+@dataset_option
+@device_option
+@threads_option
+def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, dataset_cfg,
+            device, threads):
+    """Write the per-layer activations of N fixed validation images to NetCDF."""
+    _setup(threads)
+    from .capture import capture as run_capture
+    from .data import build_dataset, build_transform, fixed_subset
+    from .fetch import load_checkpoint
+    from .models import sha256_of
+    from .train import pick_device
+
+    model = load_checkpoint(arch, checkpoint)
+    images = fixed_subset(build_dataset(dataset_cfg, "val", build_transform(model, train=False)), num_images)
+    attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
+             "dataset": dataset_cfg.get("name", "digits"), "split": "val"}
+    run_capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
+                compression_level=compression_level, device=pick_device(device), progress=_progress())
+    log.info("wrote %s (%d images)", out, len(images))
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["spectrum", "entropy", "magnitude"]))
+@click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc (a .csv is written beside).")
+@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True, help="Entropy histogram bins.")
+@click.option("--samples-per-chunk", type=click.IntRange(min=1), default=None,
+              help="Samples read at a time (default: the file's chunk).")
+@threads_option
+def metrics(name, capture_path, out, bins, samples_per_chunk, threads):
+    """Compute one per-layer metric (spectrum, entropy or magnitude) of a capture file."""
+    _setup(threads)
+    from .metrics import write_metric
+
+    if not Path(capture_path).is_file():
+        raise UserError(f"capture file not found: {capture_path}")
+    write_metric(capture_path, name, out, bins=bins, samples_per_chunk=samples_per_chunk, progress=_progress())
+    log.info("wrote %s", out)
+
+
+@cli.command()
+@click.option("--method", required=True, type=click.Choice(["softkd", "spectral", "projector"]))
+@click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
+@click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the feature loss.")
+@click.option("--epochs", type=click.IntRange(min=1), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--teacher-arch", required=True)
+@click.option("--teacher-checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--student-arch", required=True)
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--state", type=click.Path(dir_okay=False), default=None, help="Resumable training state file.")
+@click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Fixed validation images for the entropy snapshots.")
+@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--evolution-every", type=click.IntRange(min=0), default=30, show_default=True)
+@dataset_option
+@train_option
+@device_option
+@threads_option
+def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkpoint, student_arch, out_dir, state,
+            num_images, bins, evolution_every, dataset_cfg, train_cfg, device, threads):
+    """Train one student (SoftKD, SpectralKD or ProjectorKD) and write its run directory."""
+    _setup(threads)
+    from .distill import distill as run_distill
+    from .recipe import Recipe
+    from .runs import RunSpec
+
+    spec = RunSpec(method, layer_spec, beta, epochs, seed)
+    summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
+                          Recipe.from_dict(train_cfg), out_dir, state_path=state, num_images=num_images, bins=bins,
+                          evolution_every=evolution_every, device=device)
+    log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
+
+
+@cli.group()
+def report():
+    """Assemble Table 1 and the figures."""
+
+
+@report.command("table")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def report_table(summaries, out):
+    """Table 1 (CSV) from run summary.json files."""
+    _setup(None)
+    from .tables import write_table1
+
+    rows = write_table1(summaries, out)
+    log.info("wrote %s (%d runs)", out, len(rows))
+
+
+formats_option = click.option("--formats", default="png,pdf", show_default=True,
+                              help="Comma-separated figure formats (png, pdf, svg).")
+
+
+def _formats(value: str) -> list[str]:
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise UserError(f"bad figure format(s) {', '.join(bad) or '(none)'}: valid formats are png, pdf, svg")
+    return formats
+
+
+@report.command("profiles")
+@click.option("--entropy", "entropy_files", multiple=True, required=True, type=click.Path(exists=True))
+@click.option("--magnitude", "magnitude_files", multiple=True, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, help="Output path without extension.")
+@formats_option
+def report_profiles(entropy_files, magnitude_files, out, formats):
+    """Per-layer entropy and magnitude curves of several models."""
+    from .figures import profiles
+
+    profiles(entropy_files, magnitude_files, out, _formats(formats))
+
+
+@report.command("spectrum")
+@click.option("--spectrum", "spectrum_file", required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, help="Output path without extension.")
+@formats_option
+def report_spectrum(spectrum_file, out, formats):
+    """Layer x frequency heatmap of one model's channel spectrum."""
+    from .figures import spectrum_heatmap
+
+    spectrum_heatmap(spectrum_file, out, _formats(formats))
+
+
+@report.command("evolution")
+@click.argument("evolution_files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, help="Output path without extension.")
+@formats_option
+def report_evolution(evolution_files, out, formats):
+    """The student's entropy profile over training, one panel per run."""
+    from .figures import evolution
+
+    evolution(evolution_files, out, _formats(formats))
+
+
+@cli.command("check-config")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--schema", type=click.Path(dir_okay=False), default="workflow/schemas/config.schema.yaml",
+              show_default=True)
+@click.option("--models/--no-models", default=True, help="Also check model names and layer specs against depths.")
+def check_config(config_file, schema, models):
+    """Validate a workflow config and list its distillation runs."""
+    from . import config as configuration
+
+    cfg = configuration.load(config_file, schema)
+    if models:
+        configuration.check_models(cfg)
+    for spec in configuration.run_specs(cfg):
+        click.echo(spec.run_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes end with one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except UserError as error:
+        click.echo(f"dyn: error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("dyn: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        # Usage mistakes (unknown option, bad value): the one-line message, not the usage block.
+        click.echo(f"dyn: error: {error.format_message()}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Workflow config: schema validation with defaults, cross-key checks, and the expanded run grid.
+
+Every mistake becomes a UserError whose message is one line naming the key and what is valid,
+so the Snakefile and the CLI can end with that line and exit code 2.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import yaml
+
+from . import layers
+from .runs import RunSpec
+from .errors import UserError
+
+
+def _path(error) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else (f".{part}" if parts else str(part)))
+    return "".join(parts) or "(top level)"
+
+
+def _one_line(error) -> str:
+    where = _path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config error at {where}: unknown key(s) {', '.join(map(repr, extra))}; valid keys are {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"config error at {where}: {error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+    if error.validator == "oneOf" and error.context:
+        return f"config error at {where}: {error.instance!r} is not valid ({error.context[0].message})"
+    if error.validator == "propertyNames":
+        return f"config error at {where}: bad model key {error.instance!r}: use letters, digits, '_', '.', '-'"
+    return f"config error at {where}: {error.message}"
+
+
+def _validator(schema: dict):
+    """A Draft 2020-12 validator that also fills in each property's default, like Snakemake's `validate`."""
+    from jsonschema import Draft202012Validator, validators
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema)
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Fill defaults into `config` in place and check it; raises UserError with one line."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _validator(schema)
+    # Fill defaults first (a pass that may also raise), then report the most relevant error.
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    if errors:
+        raise UserError(_one_line(errors[0]))
+    validator.validate(config)  # second pass fills defaults of objects created in the first
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    models = config["models"]
+    keys = ", ".join(sorted(models))
+    for role in ("teacher", "student"):
+        key = config["distill"][role]
+        if key not in models:
+            raise UserError(f"config error at distill.{role}: unknown model key '{key}'; defined models are {keys}")
+    for key in config["analysis"]["models"]:
+        if key not in models:
+            raise UserError(f"config error at analysis.models: unknown model key '{key}'; defined models are {keys}")
+    for key, model in models.items():
+        if model["weights"] == "train" and model.get("epochs", 0) < 1:
+            raise UserError(f"config error at models.{key}.epochs: weights is 'train', so epochs must be at least 1")
+    for i, row in enumerate(config["distill"]["runs"]):
+        for spec in _as_list(row.get("layers", "none")):
+            try:
+                layers.check_syntax(spec)
+            except UserError as error:
+                raise UserError(f"config error at distill.runs[{i}].layers: {error}") from None
+    run_specs(config)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def run_specs(config: dict) -> list[RunSpec]:
+    """Every point of the grid, in config order, without repeats."""
+    specs: dict[str, RunSpec] = {}
+    for i, row in enumerate(config["distill"]["runs"]):
+        combos = itertools.product(_as_list(row.get("layers", "none")), _as_list(row.get("beta", 0.0)),
+                                   _as_list(row["epochs"]), config["distill"].get("seeds", [0]))
+        for spec_layers, beta, epochs, seed in combos:
+            try:
+                spec = RunSpec(row["method"], spec_layers, float(beta), int(epochs), int(seed))
+            except UserError as error:
+                raise UserError(f"config error at distill.runs[{i}]: {error}") from None
+            specs.setdefault(spec.run_id, spec)
+    return list(specs.values())
+
+
+def check_models(config: dict) -> None:
+    """Known timm names for every model, and every run's layer spec fits teacher and student depths.
+
+    Builds each architecture on the meta device (no memory, no weights) to read its depth.
+    """
+    import torch
+
+    from .models import check_model_name, create_model, num_layers
+
+    for key, model in config["models"].items():
+        try:
+            check_model_name(model["arch"])
+        except UserError as error:
+            raise UserError(f"config error at models.{key}.arch: {error}") from None
+    depth = {}
+    for role in ("teacher", "student"):
+        arch = config["models"][config["distill"][role]]["arch"]
+        with torch.device("meta"):
+            depth[role] = num_layers(create_model(arch))
+    for spec in run_specs(config):
+        if spec.method != "softkd":
+            layers.parse(spec.layers, depth["student"], depth["teacher"])
+
+
+def load(path: str | Path, schema_path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return validate(config, schema_path)

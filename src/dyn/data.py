@@ -1,0 +1,123 @@
+"""Datasets by name and the transforms that feed them to a model.
+
+- `digits`: scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes),
+  split into train/val by a seeded permutation; needs no download, the embedded default.
+- `imagefolder`: the ImageNet layout, `<root>/train/<class>/*.JPEG` and `<root>/val/<class>/*.JPEG`.
+- `cifar10` / `cifar100`: torchvision's folders under `<root>` (never downloaded here).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from .errors import UserError
+
+DATASETS = ("digits", "imagefolder", "cifar10", "cifar100")
+SPLITS = ("train", "val")
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's digits as 8x8 greyscale PIL images, with a fixed seeded train/val split."""
+
+    num_classes = 10
+
+    def __init__(self, split: str = "train", val_fraction: float = 0.2, split_seed: int = 0,
+                 transform: Callable | None = None):
+        from sklearn.datasets import load_digits
+
+        if split not in SPLITS:
+            raise UserError(f"unknown split '{split}': valid splits are {', '.join(SPLITS)}")
+        if not 0.0 < val_fraction < 1.0:
+            raise UserError(f"dataset.val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        bunch = load_digits()
+        order = np.random.default_rng(split_seed).permutation(len(bunch.target))
+        n_val = int(round(val_fraction * len(order)))
+        chosen = np.sort(order[:n_val] if split == "val" else order[n_val:])
+        # 0..16 counts of ink -> 0..255 grey levels, exactly representable in uint8.
+        self.images = (bunch.images[chosen] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.targets = bunch.target[chosen].astype(np.int64)
+        self.source_index = chosen
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], mode="L")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+
+def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:
+    """The dataset named by `cfg['name']` (see DATASETS) for `split`, with `transform` applied."""
+    name = cfg.get("name", "digits")
+    if name == "digits":
+        return DigitsDataset(split, cfg.get("val_fraction", 0.2), cfg.get("split_seed", 0), transform)
+    root = cfg.get("root")
+    if not root:
+        raise UserError(f"dataset '{name}' needs dataset.root: the folder that holds its files")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset.root does not exist: {root} (dataset '{name}')")
+    if name == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(f"imagefolder split folder not found: {folder} (expected {root}/train and {root}/val)")
+        return ImageFolder(str(folder), transform=transform)
+    if name in ("cifar10", "cifar100"):
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        cls = CIFAR10 if name == "cifar10" else CIFAR100
+        try:
+            return cls(str(root), train=(split == "train"), transform=transform, download=False)
+        except RuntimeError as error:
+            raise UserError(f"{name} files not found under {root}: {error}") from None
+    raise UserError(f"unknown dataset '{name}': valid datasets are {', '.join(DATASETS)}")
+
+
+def num_classes(dataset: Dataset) -> int:
+    if isinstance(dataset, Subset):
+        return num_classes(dataset.dataset)
+    if hasattr(dataset, "num_classes"):
+        return int(dataset.num_classes)
+    return len(dataset.classes)
+
+
+def fixed_subset(dataset: Dataset, n: int) -> Subset:
+    """The first `n` samples of a split: the same images every time, for captures and snapshots."""
+    if n < 1:
+        raise UserError(f"the number of fixed images must be at least 1, got {n}")
+    return Subset(dataset, list(range(min(n, len(dataset)))))
+
+
+def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = None) -> Callable:
+    """timm's transform for this model's input config; random augmentation only if the recipe asks."""
+    from timm.data import create_transform, resolve_data_config
+
+    recipe = recipe or {}
+    data_cfg = resolve_data_config(model=model)
+    if not (train and recipe.get("augment", False)):
+        return create_transform(**data_cfg, is_training=False)
+    return create_transform(
+        **data_cfg,
+        is_training=True,
+        auto_augment=recipe.get("auto_augment"),
+        color_jitter=recipe.get("color_jitter", 0.4),
+        re_prob=recipe.get("random_erasing", 0.0),
+        re_mode="pixel",
+        re_count=1,
+    )
+
+
+def stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a (small) dataset as one image tensor and one label tensor."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(images), torch.as_tensor(labels)

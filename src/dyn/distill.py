@@ -1,0 +1,139 @@
+"""One distillation run: teacher checkpoint + student from scratch -> the run directory's files.
+
+Outputs (ARCHITECTURE.md): summary.json (written last: a summary means the run is complete),
+log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), and for
+ProjectorKD projector.safetensors. The resumable state lives in `state_path`, outside them.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, layers
+from .atomic import atomic_path, write_json, write_text
+from .data import build_dataset, build_transform, fixed_subset, num_classes, stack
+from .errors import UserError
+from .fetch import load_checkpoint, save_weights
+from .models import create_model, num_layers, sha256_of
+from .recipe import Recipe, make_optimizer, make_scheduler
+from .runs import RunSpec
+from .tasks import LayerDistillationTask
+from .train import (clear_state, fingerprint_of, fit, layer_profile, pick_device, seed_everything,
+                    split_batches)
+
+log = logging.getLogger("dyn")
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_log_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_evolution(path: Path, snapshots: list[tuple[int, dict]], attrs: dict) -> None:
+    """The student's per-layer entropy and magnitude at each snapshot epoch, dims (epoch, layer)."""
+    import xarray as xr
+
+    epochs = [e for e, _ in snapshots]
+    data = {name: (("epoch", "layer"), np.stack([p[name] for _, p in snapshots]).astype(np.float64))
+            for name in snapshots[0][1]}
+    ds = xr.Dataset(data, coords={"epoch": epochs, "layer": np.arange(data["entropy"][1].shape[1])}, attrs=attrs)
+    ds["entropy"].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
+    ds["magnitude"].attrs.update(long_name="mean absolute activation")
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+
+
+def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
+            dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
+            num_images: int = 64, bins: int = 100, evolution_every: int = 0, device: str = "auto") -> dict:
+    """Train one student for `spec`; write the run directory; return the summary."""
+    out_dir = Path(out_dir)
+    dev = pick_device(device)
+    started = time.perf_counter()
+    seed_everything(spec.seed)
+
+    teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
+    n_classes = num_classes(build_dataset(dataset_cfg, "val"))
+    if teacher.num_classes != n_classes:
+        raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
+    student = create_model(student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+    pairs = layers.parse(spec.layers, num_layers(student), num_layers(teacher)) if spec.method != "softkd" else []
+    log.info("run %s: %s <- %s, pairs (student, teacher) %s", spec.run_id, student_arch, teacher_arch, pairs)
+
+    task = LayerDistillationTask(student, teacher, pairs, spec.method, alpha=recipe.alpha,
+                                 temperature=recipe.temperature, beta=spec.beta,
+                                 label_smoothing=recipe.label_smoothing, device=dev).to(dev)
+    train, val = split_batches(dataset_cfg, student, recipe, spec.seed)
+    if recipe.teacher_cache and train.tensors is not None:
+        # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
+        task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
+    snapshot_images, _ = stack(fixed_subset(build_dataset(dataset_cfg, "val", build_transform(student, False)),
+                                            num_images))
+    optimizer = make_optimizer(task.trainable_module, recipe)
+    scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
+    state_path = Path(state_path) if state_path else None
+    fingerprint = fingerprint_of(spec, teacher_arch, sha256_of(teacher_checkpoint), student_arch, dataset_cfg,
+                                 recipe.to_dict(), num_images, bins, evolution_every)
+    history = fit(task, optimizer, scheduler, train, val, spec.epochs, dev,
+                  snapshot=lambda model: layer_profile(model, snapshot_images, bins),
+                  snapshot_every=evolution_every, state_path=state_path, fingerprint=fingerprint)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(task.get_eval_model(), out_dir / "student.safetensors")
+    if task.projector() is not None:
+        save_weights(task.projector(), out_dir / "projector.safetensors")
+    _write_log_csv(out_dir / "log.csv", history.rows)
+    attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
+             "epochs": spec.epochs, "seed": spec.seed, "student": student_arch, "teacher": teacher_arch,
+             "bins": bins, "num_images": len(snapshot_images), "dataset": dataset_cfg.get("name"),
+             "dyn_version": __version__}
+    write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
+
+    final = history.rows[-1]
+    best = max(history.rows, key=lambda row: row["top1"])
+    total_images = sum(row["images_per_s"] * row["seconds"] for row in history.rows)
+    total_seconds = sum(row["seconds"] for row in history.rows)
+    summary = {
+        "run": spec.run_id, "method": spec.method, "layers": spec.layers, "pairs": pairs, "beta": spec.beta,
+        "epochs": spec.epochs, "seed": spec.seed, "teacher": teacher_arch, "student": student_arch,
+        "top1": final["top1"], "top5": final["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
+        "best_epoch": best["epoch"], "wall_seconds": time.perf_counter() - started,
+        "images_per_second": total_images / total_seconds if total_seconds else None,
+        "recipe": recipe.to_dict(), "lr": recipe.lr(), "dataset": dataset_cfg,
+        "teacher_checkpoint": str(teacher_checkpoint), "num_images": num_images, "bins": bins,
+        "evolution_every": evolution_every,
+        "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
+                     "python": platform.python_version()},
+        "git_commit": _git_commit(), "device": str(dev), "host": platform.node(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out_dir / "summary.json", summary)
+    clear_state(state_path)
+    return summary
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__

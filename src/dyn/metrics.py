@@ -1,0 +1,190 @@
+"""The three per-layer lenses of the paper, as pure vectorised functions, plus streaming over a capture.
+
+For one layer's activations A with C channels at every position (sample, y, x):
+- spectrum:  F[k] = (1/C) sum_c A[c] exp(-2 pi i k c / C);  S[k] = mean over positions of |F[k]|
+- entropy:   the C values at a position counted into `bins` equal-width bins over their own
+             min..max (as numpy.histogram does), p = counts / C, E = -sum_{p>0} p log2 p;
+             the layer's value is the mean of E over positions
+- magnitude: mean of |A| over all elements
+
+Each metric has a `*_sum` form returning (sum over positions, number of positions), so a
+file can be streamed chunk by chunk and the chunks' sums added up.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+METRICS = ("spectrum", "entropy", "magnitude")
+DEFAULT_BINS = 100
+
+
+def _as_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().float().cpu().numpy()
+    a = np.asarray(a)
+    # float16 histograms and FFTs are slow and coarse in numpy: work in at least float32.
+    if a.dtype.kind != "f" or a.dtype.itemsize < 4:
+        a = a.astype(np.float32)
+    return a
+
+
+def channel_vectors(a, channel_axis: int = 1) -> np.ndarray:
+    """(positions, C): one row per position, the C channel values of that position."""
+    a = _as_numpy(a)
+    return np.moveaxis(a, channel_axis, -1).reshape(-1, a.shape[channel_axis])
+
+
+def spectrum_sum(vectors: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sum over rows of |F[k]| (length C, float64) and the number of rows."""
+    c = vectors.shape[-1]
+    # The input is real, so |F[k]| = |F[C-k]|: take the half spectrum and mirror it.
+    half = np.abs(np.fft.rfft(vectors, axis=-1)).sum(axis=0, dtype=np.float64) / c
+    full = np.concatenate([half, half[1:c - c // 2][::-1]])
+    return full, vectors.shape[0]
+
+
+def _histogram_counts(vectors: np.ndarray, bins: int) -> np.ndarray:
+    """Per-row numpy.histogram(row, bins) counts, (rows, bins), with numpy's own arithmetic.
+
+    numpy computes, in the input's float type: edges = linspace(min, max, bins + 1) (min-0.5,
+    max+0.5 for a constant row), index = int((v - min) / (max - min) * bins), then corrects the
+    index by one where float rounding put v on the wrong side of an edge. Reproducing those steps
+    exactly keeps ties on bin edges in the same bins as the reference.
+    """
+    dt = vectors.dtype
+    rows = vectors.shape[0]
+    low = vectors.min(axis=1)
+    high = vectors.max(axis=1)
+    constant = low == high
+    low = np.where(constant, low - dt.type(0.5), low)
+    high = np.where(constant, high + dt.type(0.5), high)
+    delta = (high - low).astype(dt)
+    step = (delta / dt.type(bins)).astype(dt)
+    ramp = np.arange(bins + 1, dtype=dt)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        edges = np.where((step == 0)[:, None], ramp / dt.type(bins) * delta[:, None], ramp * step[:, None])
+    edges = (edges + low[:, None]).astype(dt)
+    edges[:, -1] = high
+
+    index = (((vectors - low[:, None]) / delta[:, None]) * dt.type(bins)).astype(np.intp)
+    index[index == bins] -= 1
+    row = np.arange(rows)[:, None]
+    index -= vectors < edges[row, index]
+    index += (vectors >= edges[row, index + 1]) & (index != bins - 1)
+    flat = (row * bins + index).ravel()
+    return np.bincount(flat, minlength=rows * bins).reshape(rows, bins)
+
+
+def entropy_sum(vectors: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, int]:
+    """Sum over rows of the Shannon entropy (bits) of each row's histogram, and the number of rows."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    counts = _histogram_counts(vectors, bins)
+    p = counts / vectors.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, p * np.log2(p), 0.0)
+    return float(-terms.sum()), vectors.shape[0]
+
+
+def magnitude_sum(a) -> tuple[float, int]:
+    a = _as_numpy(a)
+    return float(np.abs(a).sum(dtype=np.float64)), a.size
+
+
+def channel_spectrum(a, channel_axis: int = 1) -> np.ndarray:
+    """Mean over positions of |FFT along channels| / C, length C: S[k] for k = 0..C-1."""
+    total, n = spectrum_sum(channel_vectors(a, channel_axis))
+    return total / n
+
+
+def channel_entropy(a, bins: int = DEFAULT_BINS, channel_axis: int = 1) -> float:
+    """Mean over positions of the Shannon entropy (bits) of the channel vector's `bins`-bin histogram."""
+    total, n = entropy_sum(channel_vectors(a, channel_axis), bins)
+    return total / n
+
+
+def activation_magnitude(a) -> float:
+    """Mean absolute activation over all elements."""
+    total, n = magnitude_sum(a)
+    return total / n
+
+
+def layer_metric_sum(name: str, bins: int = DEFAULT_BINS) -> Callable[[np.ndarray], tuple]:
+    """The `*_sum` function of a metric, taking one (samples, C, H, W) block of a layer."""
+    if name == "spectrum":
+        return lambda block: spectrum_sum(channel_vectors(block, 1))
+    if name == "entropy":
+        return lambda block: entropy_sum(channel_vectors(block, 1), bins)
+    if name == "magnitude":
+        return magnitude_sum
+    raise ValueError(f"unknown metric '{name}': valid metrics are {', '.join(METRICS)}")
+
+
+def stream_metric(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
+                  samples_per_chunk: int | None = None, progress: bool = False) -> np.ndarray | list:
+    """Per-layer values of one metric over a capture file, reading one (layer, sample block) at a time.
+
+    Returns a list of per-layer arrays for the spectrum (lengths may differ between CNN stages),
+    or a float array of shape (layers,) for entropy and magnitude.
+    """
+    from .capture import iter_layer_blocks
+
+    summarise = layer_metric_sum(name, bins)
+    totals: dict[int, list] = {}
+    for layer, block in iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc=name):
+        value, n = summarise(block)
+        if layer in totals:
+            totals[layer][0] = totals[layer][0] + value
+            totals[layer][1] += n
+        else:
+            totals[layer] = [value, n]
+    per_layer = [totals[layer][0] / totals[layer][1] for layer in sorted(totals)]
+    return per_layer if name == "spectrum" else np.asarray(per_layer, dtype=np.float64)
+
+
+def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
+                   samples_per_chunk: int | None = None, progress: bool = False):
+    """An xarray Dataset holding one metric of a capture file, with the capture's attrs."""
+    import xarray as xr
+
+    values = stream_metric(capture_path, name, bins, samples_per_chunk, progress)
+    with xr.open_dataset(capture_path) as capture:
+        attrs = dict(capture.attrs)
+        channels = capture["channels"].values.astype(int)
+    attrs.update(metric=name, source=str(capture_path))
+    layer = np.arange(len(values))
+    if name == "spectrum":
+        width = max(len(v) for v in values)
+        padded = np.full((len(values), width), np.nan)
+        for i, v in enumerate(values):
+            padded[i, :len(v)] = v
+        ds = xr.Dataset({"spectrum": (("layer", "frequency"), padded)},
+                        coords={"layer": layer, "frequency": np.arange(width), "channels": ("layer", channels)})
+        ds["spectrum"].attrs.update(long_name="mean |FFT along channels| / C over positions",
+                                    note="NaN beyond a layer's own channel count")
+    else:
+        ds = xr.Dataset({name: ("layer", values)}, coords={"layer": layer, "channels": ("layer", channels)})
+        if name == "entropy":
+            attrs["bins"] = bins
+            ds[name].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
+        else:
+            ds[name].attrs.update(long_name="mean absolute activation")
+    ds.attrs = attrs
+    return ds
+
+
+def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int = DEFAULT_BINS,
+                 samples_per_chunk: int | None = None, progress: bool = False) -> Path:
+    """`out` (.nc) and a long-form .csv beside it, both written atomically."""
+    from .atomic import atomic_path, write_text
+
+    out = Path(out)
+    ds = metric_dataset(capture_path, name, bins, samples_per_chunk, progress)
+    with atomic_path(out) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+    frame = ds[name].to_dataframe().reset_index().dropna(subset=[name])
+    write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
+    return out

@@ -1,0 +1,147 @@
+"""Models by timm name, the tiny embedded architectures, checkpoints and per-layer features.
+
+The embedded architectures are built from timm's own classes (Cait, VisionTransformer,
+ResNet) at a size that trains on scikit-learn's 8x8 digits in seconds, and are registered
+with timm so `timm.create_model("cait_digits")` makes them like any hub model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.cait import Cait
+from timm.models.resnet import BasicBlock, ResNet
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import UserError
+
+# Pixel statistics of scikit-learn's digits scaled to [0, 1] (mean 4.88/16, std 6.02/16).
+DIGITS_MEAN = (0.305,)
+DIGITS_STD = (0.376,)
+
+
+def _digits_cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (1, 8, 8),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": DIGITS_MEAN,
+        "std": DIGITS_STD,
+        "license": "bsd-3-clause",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "cait_digits.untrained": _digits_cfg(first_conv="patch_embed.proj", classifier="head"),
+    "deit_digits.untrained": _digits_cfg(first_conv="patch_embed.proj", classifier="head"),
+    "resnet_digits.untrained": _digits_cfg(first_conv="conv1", classifier="fc"),
+})
+
+
+class DigitsResNet(ResNet):
+    """timm's ResNet with a 3x3 stride-1 stem and no max-pool, so 8x8 inputs keep a spatial map."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stem_width = self.bn1.num_features
+        self.conv1 = nn.Conv2d(self.conv1.in_channels, stem_width, 3, stride=1, padding=1, bias=False)
+        self.maxpool = nn.Identity()
+        for info, reduction in zip(self.feature_info, (1, 1, 2, 4, 8)):
+            info["reduction"] = reduction
+
+
+def _digits_kwargs(kwargs: dict) -> dict:
+    kwargs.setdefault("num_classes", 10)
+    kwargs.setdefault("in_chans", 1)
+    return kwargs
+
+
+@register_model
+def cait_digits(pretrained: bool = False, **kwargs) -> Cait:
+    """CaiT-style teacher: 12 self-attention blocks + 2 class-attention blocks, width 64, 4x4 patches grid."""
+    args = dict(img_size=8, patch_size=2, embed_dim=64, depth=12, num_heads=4, init_values=1e-4,
+                depth_token_only=2)
+    return build_model_with_cfg(Cait, "cait_digits", pretrained, feature_cfg=dict(feature_cls="getter"),
+                                **dict(args, **_digits_kwargs(kwargs)))
+
+
+@register_model
+def deit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """DeiT-style student: 8 blocks, width 32 (half the teacher's width, two thirds its depth)."""
+    args = dict(img_size=8, patch_size=2, embed_dim=32, depth=8, num_heads=2)
+    return build_model_with_cfg(VisionTransformer, "deit_digits", pretrained,
+                                feature_cfg=dict(feature_cls="getter"),
+                                **dict(args, **_digits_kwargs(kwargs)))
+
+
+@register_model
+def resnet_digits(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-10-style CNN (one basic block per stage, widths 32..256), stride-1 stem for 8x8 inputs."""
+    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256))
+    return build_model_with_cfg(DigitsResNet, "resnet_digits", pretrained, **dict(args, **_digits_kwargs(kwargs)))
+
+
+def check_model_name(arch: str) -> None:
+    """Fail with one line if timm knows no model of this name."""
+    if not timm.is_model(arch.split(".")[0]):
+        close = timm.list_models(f"*{arch.split('.')[0].split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UserError(f"unknown model '{arch}': not a timm model name{hint}")
+
+
+def create_model(arch: str, num_classes: int | None = None, in_chans: int | None = None,
+                 checkpoint: str | os.PathLike | None = None, hub: bool = False, **kwargs) -> nn.Module:
+    """Create a timm model; load a local checkpoint (safetensors or .pth) or the hub weights."""
+    check_model_name(arch)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"checkpoint file not found: {path}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=kwargs.get("num_classes"))
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    return timm.create_model(arch, pretrained=hub, **kwargs)
+
+
+def num_layers(model: nn.Module) -> int:
+    """How many feature layers `features` can return: blocks for ViTs, stem + stages for CNNs."""
+    return len(model.feature_info)
+
+
+def layer_kind(model: nn.Module) -> str:
+    """'block' for transformer blocks, 'stage' for CNN stages."""
+    return "block" if hasattr(model, "blocks") and "blocks." in model.feature_info[-1]["module"] else "stage"
+
+
+def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None,
+             with_logits: bool = False):
+    """Per-layer (B, C, H, W) maps of the given layers (all if None), patch tokens only for ViTs.
+
+    With `with_logits`, returns (logits, maps) from one forward pass.
+    """
+    indices = list(range(num_layers(model))) if layers is None else [int(i) for i in layers]
+    if not with_logits:
+        return model.forward_intermediates(x, indices=indices, output_fmt="NCHW", intermediates_only=True)
+    final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
+    return model.forward_head(final), maps
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

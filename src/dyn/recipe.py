@@ -1,0 +1,68 @@
+"""The training recipe: every knob a config key, with timm's optimiser and scheduler factories."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults are the DeiT recipe of the paper's code; the embedded config scales them to the digits."""
+
+    batch_size: int = 256            # per process (per GPU)
+    lr_base: float = 5e-4            # lr = lr_base * global_batch / lr_base_size
+    lr_base_size: int = 512
+    opt: str = "adamw"
+    weight_decay: float = 0.05
+    sched: str = "cosine"
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    augment: bool = True             # timm's training transform; False: the eval transform (deterministic)
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    random_erasing: float = 0.25
+    drop_path: float = 0.0
+    alpha: float = 0.9               # weight of the soft KD term; (1 - alpha) weighs cross-entropy
+    temperature: float = 1.0
+    teacher_cache: bool = True       # reuse teacher outputs across epochs when inputs are deterministic
+    num_workers: int = 4
+    eval_batch_size: int = 256
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Recipe":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown train key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def lr(self, world_size: int = 1) -> float:
+        return self.lr_base * self.batch_size * world_size / self.lr_base_size
+
+
+def make_optimizer(module: nn.Module, recipe: Recipe, world_size: int = 1) -> torch.optim.Optimizer:
+    """timm's optimiser factory (no weight decay on biases, norms and embeddings)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(world_size), weight_decay=recipe.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, steps_per_epoch: int):
+    """timm's scheduler factory, stepped per update (`step_update`) so warm-up is smooth on short runs."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=recipe.sched, num_epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, max(epochs - 1, 0)),
+        warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    return scheduler

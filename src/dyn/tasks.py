@@ -1,0 +1,141 @@
+"""Distillation on aligned intermediate maps, built on timm's LogitDistillationTask.
+
+timm's task brings the teacher wrapper (eval mode, input re-normalisation), the complementary
+(1 - alpha) CE + alpha KD weighting, DDP and compile hooks. This adds what the paper needs:
+losses on the (B, C, H, W) maps of aligned blocks (SpectralKD, ProjectorKD) and a cache of the
+teacher's outputs for deterministic inputs.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from timm.task import LogitDistillationTask
+
+from . import losses
+from .models import features
+from .runs import METHODS
+
+
+class AlignedStudent(nn.Module):
+    """The trainable module: the student, plus ProjectorKD's projector, returning logits and aligned maps."""
+
+    def __init__(self, student: nn.Module, layers: Sequence[int], projector: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.layers = list(layers)
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.layers:
+            return self.student(x), []
+        logits, maps = features(self.student, x, self.layers, with_logits=True)
+        if self.projector is not None:
+            maps = self.projector(maps)
+        return logits, maps
+
+    def no_weight_decay(self) -> set[str]:
+        inner = getattr(self.student, "no_weight_decay", lambda: set())()
+        return {f"student.{name}" for name in inner}
+
+
+def _channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
+    return [int(model.feature_info[i]["num_chs"]) for i in layers]
+
+
+class LayerDistillationTask(LogitDistillationTask):
+    """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]],
+                 method: str = "softkd", alpha: float = 0.9, temperature: float = 1.0, beta: float = 0.0,
+                 label_smoothing: float = 0.0, device: torch.device | None = None):
+        if method not in METHODS:
+            raise ValueError(f"unknown method '{method}': valid methods are {', '.join(METHODS)}")
+        if method == "softkd":
+            pairs = []
+        elif not pairs:
+            raise ValueError(f"method '{method}' needs at least one aligned layer pair")
+        super().__init__(student, teacher.eval(), criterion_kwargs=dict(smoothing=label_smoothing),
+                         task_loss_weight=1.0 - alpha, temperature=temperature, device=device, verbose=False)
+        self.method = method
+        self.beta = beta
+        self.pairs = list(pairs)
+        self.teacher_layers = [t for _, t in self.pairs]
+        student_layers = [s for s, _ in self.pairs]
+        projector = None
+        if method == "projector":
+            projector = losses.ChannelProjector(_channels(student, student_layers),
+                                                _channels(teacher, self.teacher_layers)).to(self.device)
+        self.trainable_module = AlignedStudent(student, student_layers, projector)
+        self.teacher_cache: TeacherCache | None = None
+
+    # -- the teacher -----------------------------------------------------------------------------
+    def teacher_outputs(self, input: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and aligned maps, computed under inference mode, returned as ordinary tensors."""
+        with torch.inference_mode():
+            x = self.teacher.normalize_input(input, self.student_mean, self.student_std)
+            if self.teacher_layers:
+                logits, maps = features(self.teacher.model, x, self.teacher_layers, with_logits=True)
+            else:
+                logits, maps = self.teacher.model(x), []
+        # Inference tensors cannot be saved for backward; a clone outside the mode can.
+        return logits.clone(), [m.clone() for m in maps]
+
+    def build_teacher_cache(self, images: torch.Tensor, batch_size: int) -> "TeacherCache":
+        """Run the teacher once over all (deterministic) training images; batches then look it up."""
+        logits, maps = [], []
+        for start in range(0, images.shape[0], batch_size):
+            batch_logits, batch_maps = self.teacher_outputs(images[start:start + batch_size].to(self.device))
+            logits.append(batch_logits)
+            maps.append(batch_maps)
+        self.teacher_cache = TeacherCache(torch.cat(logits), [torch.cat(layer) for layer in zip(*maps)])
+        return self.teacher_cache
+
+    # -- the loss --------------------------------------------------------------------------------
+    def forward(self, input: torch.Tensor, target: torch.Tensor,
+                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits, maps = self.trainable_module(input)
+        if self.teacher_cache is not None and index is not None:
+            teacher_logits, teacher_maps = self.teacher_cache.lookup(index)
+        else:
+            teacher_logits, teacher_maps = self.teacher_outputs(input)
+        task_loss = self.criterion(logits, target)
+        kd_loss = losses.soft_kd_loss(logits, teacher_logits, self.temperature)
+        total = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
+        result = {"output": logits, "task_loss": task_loss, "kd_loss": kd_loss}
+        if self.pairs:
+            feature_loss = (losses.spectral_loss(maps, teacher_maps) if self.method == "spectral"
+                            else losses.projector_loss(maps, teacher_maps))
+            total = total + self.beta * feature_loss
+            result["feat_loss"] = feature_loss
+        result["loss"] = total
+        return result
+
+    # -- what evaluation and checkpoints see -----------------------------------------------------
+    def get_eval_model(self, module: nn.Module | None = None, ema: bool = False) -> nn.Module | None:
+        resolved = super().get_eval_model(module=module, ema=ema)
+        current = resolved
+        while current is not None:
+            if isinstance(current, AlignedStudent):
+                return current.student
+            current = getattr(current, "module", None)
+        return resolved
+
+    def projector(self) -> nn.Module | None:
+        module = self.trainable_module
+        while not isinstance(module, AlignedStudent):
+            module = module.module
+        return module.projector
+
+
+class TeacherCache:
+    """Teacher logits and aligned maps for every training sample, looked up by sample index."""
+
+    def __init__(self, logits: torch.Tensor, maps: list[torch.Tensor]):
+        self.logits = logits
+        self.maps = maps
+
+    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        index = index.to(self.logits.device)
+        return self.logits[index], [m[index] for m in self.maps]

@@ -1,0 +1,24 @@
+# Activations of N fixed validation images, every layer, into NetCDF.
+
+
+rule capture:
+    input:
+        checkpoint="resources/checkpoints/{model}.safetensors",
+    output:
+        "results/activations/{model}.nc",
+    log:
+        "results/logs/capture/{model}.log",
+    params:
+        arch=lambda wc: MODELS[wc.model]["arch"],
+        dataset=as_json(config["dataset"]),
+        num_images=ANALYSIS["num_images"],
+        dtype=ANALYSIS["dtype"],
+        chunk=ANALYSIS["samples_per_chunk"],
+        level=ANALYSIS["compression_level"],
+        device=config["device"],
+    threads: 1
+    shell:
+        "{DYN} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
+        " --out {output} --num-images {params.num_images} --dtype {params.dtype}"
+        " --samples-per-chunk {params.chunk} --compression-level {params.level}"
+        " --dataset {params.dataset:q} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,33 @@
+# One student per grid point (method, layers, beta, epochs, seed); the run id is the wildcard.
+
+
+rule distill:
+    input:
+        teacher=checkpoint_path(TEACHER),
+    output:
+        summary="results/runs/{run}/summary.json",
+        student="results/runs/{run}/student.safetensors",
+        log="results/runs/{run}/log.csv",
+        evolution="results/runs/{run}/evolution.nc",
+    log:
+        "results/logs/distill/{run}.log",
+    params:
+        spec=lambda wc: RUNS[wc.run],
+        teacher_arch=MODELS[TEACHER]["arch"],
+        student_arch=MODELS[STUDENT]["arch"],
+        dataset=as_json(config["dataset"]),
+        train=as_json(config["train"]),
+        state=lambda wc: f"results/state/{wc.run}/last.pt",
+        num_images=ANALYSIS["num_images"],
+        bins=ANALYSIS["entropy_bins"],
+        every=config["distill"]["evolution_every"],
+        device=config["device"],
+    threads: config["distill"]["threads"]
+    shell:
+        "{DYN} distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
+        " --epochs {params.spec.epochs} --seed {params.spec.seed}"
+        " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
+        " --student-arch {params.student_arch:q} --out-dir results/runs/{wildcards.run} --state {params.state}"
+        " --num-images {params.num_images} --bins {params.bins} --evolution-every {params.every}"
+        " --dataset {params.dataset:q} --train {params.train:q} --device {params.device}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,25 @@
+# A model's weights: trained here, from the timm hub, a local file or a URL -> safetensors + JSON.
+
+
+rule fetch:
+    output:
+        checkpoint="resources/checkpoints/{model}.safetensors",
+        info="resources/checkpoints/{model}.json",
+    log:
+        "results/logs/fetch/{model}.log",
+    params:
+        arch=lambda wc: MODELS[wc.model]["arch"],
+        weights=lambda wc: MODELS[wc.model]["weights"],
+        epochs=lambda wc: MODELS[wc.model]["epochs"],
+        seed=lambda wc: MODELS[wc.model]["seed"],
+        evaluate=lambda wc: "--evaluate" if MODELS[wc.model]["evaluate"] else "--no-evaluate",
+        dataset=as_json(config["dataset"]),
+        train=as_json(config["train"]),
+        state=lambda wc: f"results/state/fetch/{wc.model}/last.pt",
+        device=config["device"],
+    threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
+    shell:
+        "{DYN} fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
+        " --epochs {params.epochs} --seed {params.seed} {params.evaluate} --out {output.checkpoint}"
+        " --state {params.state} --dataset {params.dataset:q} --train {params.train:q}"
+        " --device {params.device} --threads {threads} > {log} 2>&1"

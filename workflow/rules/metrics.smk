@@ -1,0 +1,43 @@
+# The three per-layer lenses, each streamed over a capture file.
+
+
+rule spectrum:
+    input:
+        "results/activations/{model}.nc",
+    output:
+        nc="results/metrics/{model}/spectrum.nc",
+        csv="results/metrics/{model}/spectrum.csv",
+    log:
+        "results/logs/metrics/{model}/spectrum.log",
+    threads: 1
+    shell:
+        "{DYN} metrics spectrum --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
+
+
+rule entropy:
+    input:
+        "results/activations/{model}.nc",
+    output:
+        nc="results/metrics/{model}/entropy.nc",
+        csv="results/metrics/{model}/entropy.csv",
+    log:
+        "results/logs/metrics/{model}/entropy.log",
+    params:
+        bins=ANALYSIS["entropy_bins"],
+    threads: 1
+    shell:
+        "{DYN} metrics entropy --capture {input} --out {output.nc} --bins {params.bins}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule magnitude:
+    input:
+        "results/activations/{model}.nc",
+    output:
+        nc="results/metrics/{model}/magnitude.nc",
+        csv="results/metrics/{model}/magnitude.csv",
+    log:
+        "results/logs/metrics/{model}/magnitude.log",
+    threads: 1
+    shell:
+        "{DYN} metrics magnitude --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
