@@ -8,6 +8,8 @@ rule capture:
         "results/activations/{model}.nc",
     log:
         "results/logs/capture/{model}.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         arch=lambda wc: MODELS[wc.model]["arch"],
         dataset=as_json(config["dataset"]),
@@ -18,7 +20,7 @@ rule capture:
         device=config["device"],
     threads: 1
     shell:
-        "{DYN} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
+        "dyn capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
         " --out {output} --num-images {params.num_images} --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"
         " --dataset {params.dataset:q} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -1,7 +1,6 @@
 # Config validation, the run grid, and the small helpers the rules share.
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,8 +17,8 @@ except UserError as error:
     print(f"dyn: {error}", file=sys.stderr)
     sys.exit(2)
 
-# The `dyn` beside the Python that runs Snakemake, so an unactivated venv still works.
-DYN = str(Path(sys.executable).with_name("dyn")) if Path(sys.executable).with_name("dyn").exists() else "dyn"
+# Jobs find the `dyn` installed beside the Python that runs Snakemake, even from an unactivated venv.
+shell.prefix(f'export PATH="{Path(sys.executable).parent}:$PATH"; ')
 
 MODELS = config["models"]
 TEACHER = config["distill"]["teacher"]
@@ -29,22 +28,13 @@ FORMATS = config["report"]["formats"]
 ANALYSIS = config["analysis"]
 
 
-wildcard_constraints:
-    model="|".join(re.escape(key) for key in MODELS),
-    run="|".join(re.escape(key) for key in RUNS),
-
-
 def as_json(value):
-    """A config section as one JSON argument (quoted by the rule with :q)."""
+    """A config section as one JSON argument for a dyn option (shell-quoted in the command)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def checkpoint_path(model):
     return f"resources/checkpoints/{model}.safetensors"
-
-
-def run_dir(run):
-    return f"results/runs/{run}"
 
 
 def figure_paths():

@@ -11,6 +11,8 @@ rule distill:
         evolution="results/runs/{run}/evolution.nc",
     log:
         "results/logs/distill/{run}.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         spec=lambda wc: RUNS[wc.run],
         teacher_arch=MODELS[TEACHER]["arch"],
@@ -24,7 +26,7 @@ rule distill:
         device=config["device"],
     threads: config["distill"]["threads"]
     shell:
-        "{DYN} distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
+        "dyn distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
         " --epochs {params.spec.epochs} --seed {params.spec.seed}"
         " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
         " --student-arch {params.student_arch:q} --out-dir results/runs/{wildcards.run} --state {params.state}"

@@ -7,6 +7,8 @@ rule fetch:
         info="resources/checkpoints/{model}.json",
     log:
         "results/logs/fetch/{model}.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         arch=lambda wc: MODELS[wc.model]["arch"],
         weights=lambda wc: MODELS[wc.model]["weights"],
@@ -19,7 +21,7 @@ rule fetch:
         device=config["device"],
     threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
     shell:
-        "{DYN} fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
+        "dyn fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
         " --epochs {params.epochs} --seed {params.seed} {params.evaluate} --out {output.checkpoint}"
         " --state {params.state} --dataset {params.dataset:q} --train {params.train:q}"
         " --device {params.device} --threads {threads} > {log} 2>&1"

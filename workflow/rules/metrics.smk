@@ -9,9 +9,11 @@ rule spectrum:
         csv="results/metrics/{model}/spectrum.csv",
     log:
         "results/logs/metrics/{model}/spectrum.log",
+    conda:
+        "../envs/dyn.yaml"
     threads: 1
     shell:
-        "{DYN} metrics spectrum --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
+        "dyn metrics spectrum --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
 
 
 rule entropy:
@@ -22,11 +24,13 @@ rule entropy:
         csv="results/metrics/{model}/entropy.csv",
     log:
         "results/logs/metrics/{model}/entropy.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         bins=ANALYSIS["entropy_bins"],
     threads: 1
     shell:
-        "{DYN} metrics entropy --capture {input} --out {output.nc} --bins {params.bins}"
+        "dyn metrics entropy --capture {input} --out {output.nc} --bins {params.bins}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -38,6 +42,8 @@ rule magnitude:
         csv="results/metrics/{model}/magnitude.csv",
     log:
         "results/logs/metrics/{model}/magnitude.log",
+    conda:
+        "../envs/dyn.yaml"
     threads: 1
     shell:
-        "{DYN} metrics magnitude --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
+        "dyn metrics magnitude --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"

@@ -8,8 +8,10 @@ rule table1:
         "results/table1.csv",
     log:
         "results/logs/report/table1.log",
+    conda:
+        "../envs/dyn.yaml"
     shell:
-        "{DYN} report table {input} --out {output} > {log} 2>&1"
+        "dyn report table {input} --out {output} > {log} 2>&1"
 
 
 rule figure_profiles:
@@ -20,12 +22,14 @@ rule figure_profiles:
         expand("results/figures/profiles.{fmt}", fmt=FORMATS),
     log:
         "results/logs/report/profiles.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         entropy=lambda wc, input: " ".join(f"--entropy {p}" for p in input.entropy),
         magnitude=lambda wc, input: " ".join(f"--magnitude {p}" for p in input.magnitude),
         formats=",".join(FORMATS),
     shell:
-        "{DYN} report profiles {params.entropy} {params.magnitude} --out results/figures/profiles"
+        "dyn report profiles {params.entropy} {params.magnitude} --out results/figures/profiles"
         " --formats {params.formats} > {log} 2>&1"
 
 
@@ -36,10 +40,12 @@ rule figure_spectrum:
         expand("results/figures/spectrum_{{model}}.{fmt}", fmt=FORMATS),
     log:
         "results/logs/report/spectrum_{model}.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         formats=",".join(FORMATS),
     shell:
-        "{DYN} report spectrum --spectrum {input} --out results/figures/spectrum_{wildcards.model}"
+        "dyn report spectrum --spectrum {input} --out results/figures/spectrum_{wildcards.model}"
         " --formats {params.formats} > {log} 2>&1"
 
 
@@ -50,7 +56,9 @@ rule figure_evolution:
         expand("results/figures/evolution.{fmt}", fmt=FORMATS),
     log:
         "results/logs/report/evolution.log",
+    conda:
+        "../envs/dyn.yaml"
     params:
         formats=",".join(FORMATS),
     shell:
-        "{DYN} report evolution {input} --out results/figures/evolution --formats {params.formats} > {log} 2>&1"
+        "dyn report evolution {input} --out results/figures/evolution --formats {params.formats} > {log} 2>&1"
