@@ -24,6 +24,10 @@ from .atomic import atomic_path
 from .models import features, layer_kind, num_layers
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+# NetCDF has no half-precision type: float16 captures store the IEEE half bit patterns as uint16
+# (attribute `dyn_encoding`), and `iter_layer_blocks` / `read_activation` view them back as float16.
+FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float16"
+_STORAGE = {"float32": ("f4", np.float32), "float16": ("u2", np.uint16)}
 
 
 def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, attrs: dict,
@@ -52,12 +56,22 @@ def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, at
                                               compression_level, {**attrs, "layer_kind": layer_kind(model)})
                 stop = start + batch.shape[0]
                 for layer, fmap in enumerate(maps):
-                    _, c, h, w = fmap.shape
-                    variable[layer, start:stop, :c, :h, :w] = fmap.float().cpu().numpy().astype(DTYPES[dtype])
+                    variable[layer, start:stop] = _padded(fmap, variable.shape[2:], dtype)
                 start = stop
         finally:
             root.close()
     return path
+
+
+def _padded(fmap: torch.Tensor, shape: tuple, dtype: str) -> np.ndarray:
+    """A (B, C, H, W) map in the file's storage type, NaN-padded to the file's (channel, y, x) size."""
+    b, c, h, w = fmap.shape
+    values = fmap.float().cpu().numpy().astype(DTYPES[dtype])
+    if (c, h, w) != tuple(shape):
+        full = np.full((b, *shape), np.nan, dtype=DTYPES[dtype])
+        full[:, :c, :h, :w] = values
+        values = full
+    return values.view(_STORAGE[dtype][1])
 
 
 def _create_layout(root, maps, n_layers, n_samples, dtype, samples_per_chunk, level, attrs):
@@ -81,13 +95,18 @@ def _create_layout(root, maps, n_layers, n_samples, dtype, samples_per_chunk, le
         var = root.createVariable(name, "i4", ("layer",))
         var[:] = shapes[:, index]
         var.long_name = f"number of valid {name[:-1] if name == 'channels' else name} entries of each layer"
-    fill = np.array(np.nan, dtype=DTYPES[dtype])
+    # Every element is written (padding included), so a fill value is only a label: NaN for float32,
+    # none for the uint16 of float16 captures, which xarray would otherwise decode to float32.
+    fill = np.float32(np.nan) if dtype == "float32" else False
     variable = root.createVariable(
-        "activation", DTYPES[dtype], ("layer", "sample", "channel", "y", "x"),
+        "activation", _STORAGE[dtype][0], ("layer", "sample", "channel", "y", "x"),
         zlib=True, complevel=level, shuffle=True, fill_value=fill,
         chunksizes=(1, min(samples_per_chunk, n_samples), c, h, w))
     variable.coordinates = "channels height width"
     variable.long_name = "layer activations (ViT: patch tokens only, on the patch grid)"
+    variable.set_auto_maskandscale(False)
+    if dtype == "float16":
+        variable.dyn_encoding = FLOAT16_BITS
     root.setncatts({
         "dyn_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -115,5 +134,12 @@ def iter_layer_blocks(path: str | os.PathLike, samples_per_chunk: int | None = N
         for layer in tqdm(range(activation.sizes["layer"]), desc=desc, unit="layer", disable=not progress):
             c, h, w = channels[layer], height[layer], width[layer]
             for start in range(0, n_samples, samples_per_chunk):
-                block = activation[layer, start:start + samples_per_chunk, :c, :h, :w].values
-                yield layer, block
+                yield layer, decode(activation[layer, start:start + samples_per_chunk, :c, :h, :w])
+
+
+def decode(activation) -> np.ndarray:
+    """The float values of an `activation` slice read with xarray (float16 captures are stored as bits)."""
+    values = activation.values
+    if activation.attrs.get("dyn_encoding") == FLOAT16_BITS:
+        return values.view(np.float16)
+    return values

@@ -239,6 +239,8 @@ def check_config(config_file, schema, models):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with one line on stderr and exit code 2."""
+    from .train import NonFiniteLoss
+
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as error:
@@ -251,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         # Usage mistakes (unknown option, bad value): the one-line message, not the usage block.
         click.echo(f"dyn: error: {error.format_message()}", err=True)
         sys.exit(2)
+    except NonFiniteLoss as error:
+        # A diverged run: one line naming the epoch; the last good state is kept, no summary written.
+        click.echo(f"dyn: error: {error}", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

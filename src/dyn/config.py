@@ -112,23 +112,18 @@ def check_models(config: dict) -> None:
 
     Builds each architecture on the meta device (no memory, no weights) to read its depth.
     """
-    import torch
-
-    from .models import check_model_name, create_model, num_layers
+    from .models import check_model_name, depth_of
 
     for key, model in config["models"].items():
         try:
             check_model_name(model["arch"])
         except UserError as error:
             raise UserError(f"config error at models.{key}.arch: {error}") from None
-    depth = {}
-    for role in ("teacher", "student"):
-        arch = config["models"][config["distill"][role]]["arch"]
-        with torch.device("meta"):
-            depth[role] = num_layers(create_model(arch))
+    teacher, student = (config["models"][config["distill"][role]]["arch"] for role in ("teacher", "student"))
+    student_depth, teacher_depth = depth_of(student), depth_of(teacher)
     for spec in run_specs(config):
         if spec.method != "softkd":
-            layers.parse(spec.layers, depth["student"], depth["teacher"])
+            layers.parse(spec.layers, student_depth, teacher_depth)
 
 
 def load(path: str | Path, schema_path: str | Path) -> dict:

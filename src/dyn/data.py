@@ -57,6 +57,8 @@ class DigitsDataset(Dataset):
 def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:
     """The dataset named by `cfg['name']` (see DATASETS) for `split`, with `transform` applied."""
     name = cfg.get("name", "digits")
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}': valid datasets are {', '.join(DATASETS)}")
     if name == "digits":
         return DigitsDataset(split, cfg.get("val_fraction", 0.2), cfg.get("split_seed", 0), transform)
     root = cfg.get("root")
@@ -72,7 +74,7 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> D
         if not folder.is_dir():
             raise UserError(f"imagefolder split folder not found: {folder} (expected {root}/train and {root}/val)")
         return ImageFolder(str(folder), transform=transform)
-    if name in ("cifar10", "cifar100"):
+    else:  # cifar10, cifar100
         from torchvision.datasets import CIFAR10, CIFAR100
 
         cls = CIFAR10 if name == "cifar10" else CIFAR100
@@ -80,7 +82,6 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> D
             return cls(str(root), train=(split == "train"), transform=transform, download=False)
         except RuntimeError as error:
             raise UserError(f"{name} files not found under {root}: {error}") from None
-    raise UserError(f"unknown dataset '{name}': valid datasets are {', '.join(DATASETS)}")
 
 
 def num_classes(dataset: Dataset) -> int:

@@ -23,7 +23,7 @@ from .atomic import atomic_path, write_json, write_text
 from .data import build_dataset, build_transform, fixed_subset, num_classes, stack
 from .errors import UserError
 from .fetch import load_checkpoint, save_weights
-from .models import create_model, num_layers, sha256_of
+from .models import create_model, depth_of, sha256_of
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .runs import RunSpec
 from .tasks import LayerDistillationTask
@@ -64,6 +64,13 @@ def write_evolution(path: Path, snapshots: list[tuple[int, dict]], attrs: dict) 
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
+def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[tuple[int, int]]:
+    """The spec's (student, teacher) block pairs, checked against both models' depths."""
+    if spec.method == "softkd":
+        return []
+    return layers.parse(spec.layers, depth_of(student_arch), depth_of(teacher_arch))
+
+
 def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
             num_images: int = 64, bins: int = 100, evolution_every: int = 0, device: str = "auto") -> dict:
@@ -73,12 +80,12 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
     started = time.perf_counter()
     seed_everything(spec.seed)
 
+    pairs = aligned_pairs(spec, student_arch, teacher_arch)  # a bad spec fails before anything is loaded
     teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
     n_classes = num_classes(build_dataset(dataset_cfg, "val"))
     if teacher.num_classes != n_classes:
         raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
     student = create_model(student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
-    pairs = layers.parse(spec.layers, num_layers(student), num_layers(teacher)) if spec.method != "softkd" else []
     log.info("run %s: %s <- %s, pairs (student, teacher) %s", spec.run_id, student_arch, teacher_arch, pairs)
 
     task = LayerDistillationTask(student, teacher, pairs, spec.method, alpha=recipe.alpha,

@@ -121,6 +121,12 @@ def num_layers(model: nn.Module) -> int:
     return len(model.feature_info)
 
 
+def depth_of(arch: str) -> int:
+    """`num_layers` of an architecture, read from a weightless copy built on the meta device."""
+    with torch.device("meta"):
+        return num_layers(create_model(arch))
+
+
 def layer_kind(model: nn.Module) -> str:
     """'block' for transformer blocks, 'stage' for CNN stages."""
     return "block" if hasattr(model, "blocks") and "blocks." in model.feature_info[-1]["module"] else "stage"

@@ -1,0 +1,120 @@
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import timm
+import torch
+import xarray as xr
+
+from dyn import metrics
+from dyn.capture import capture, iter_layer_blocks
+from dyn.data import build_dataset, build_transform, fixed_subset, stack
+from dyn.models import features
+
+
+def _capture(tmp_path, arch, n=10, dtype="float32", chunk=4):
+    torch.manual_seed(0)
+    model = timm.create_model(arch).eval()
+    images = fixed_subset(build_dataset({"name": "digits"}, "val", build_transform(model, train=False)), n)
+    path = capture(model, images, tmp_path / f"{arch}.nc", {"model": arch, "checkpoint_sha256": "abc",
+                                                             "dataset": "digits", "split": "val"},
+                   dtype=dtype, samples_per_chunk=chunk)
+    return model, stack(images)[0], path
+
+
+@pytest.mark.parametrize("arch", ["deit_digits", "cait_digits", "resnet_digits"])
+def test_round_trip_matches_features(tmp_path, arch):
+    model, x, path = _capture(tmp_path, arch)
+    with torch.inference_mode():
+        expected = [m.numpy() for m in features(model, x)]
+    with xr.open_dataset(path) as ds:
+        act = ds["activation"]
+        assert act.dims == ("layer", "sample", "channel", "y", "x")
+        assert act.dtype == np.float32
+        assert list(ds["layer"].values) == list(range(len(expected)))
+        assert list(ds["sample"].values) == list(range(10))
+        for key in ("model", "checkpoint_sha256", "dataset", "split", "layer_kind", "dyn_version", "created"):
+            assert key in ds.attrs
+        assert ds.attrs["layer_kind"] == ("stage" if arch.startswith("resnet") else "block")
+        assert act.encoding["zlib"] and act.encoding["chunksizes"] == (1, 4) + act.shape[2:]
+        for layer, fmap in enumerate(expected):
+            _, c, h, w = fmap.shape
+            assert (ds["channels"][layer], ds["height"][layer], ds["width"][layer]) == (c, h, w)
+            stored = act[layer, :, :c, :h, :w].values
+            np.testing.assert_array_equal(stored, fmap)
+            if c < act.shape[2]:  # CNN stages narrower than the widest are NaN-padded
+                assert np.isnan(act[layer, :, c:].values).all()
+
+
+def test_vit_capture_is_patch_tokens_on_grid(tmp_path):
+    model, x, path = _capture(tmp_path, "deit_digits", n=3)
+    with xr.open_dataset(path) as ds:
+        # 8x8 digits, 2x2 patches: a 4x4 grid, no class token; 32 channels.
+        assert ds["activation"].shape == (8, 3, 32, 4, 4)
+    with torch.inference_mode():
+        tokens = model.forward_intermediates(x, indices=[7], output_fmt="NLC", intermediates_only=True)[0]
+    with xr.open_dataset(path) as ds:
+        grid = ds["activation"][7].values  # (sample, C, y, x)
+    np.testing.assert_array_equal(grid.reshape(3, 32, 16).transpose(0, 2, 1), tokens.numpy())
+
+
+def test_float16_capture_round_trip(tmp_path):
+    model, x, path = _capture(tmp_path, "deit_digits", n=4, dtype="float16")
+    with torch.inference_mode():
+        expected = [m.numpy().astype(np.float16) for m in features(model, x)]
+    blocks = {}
+    for layer, block in iter_layer_blocks(path):
+        assert block.dtype == np.float16
+        blocks.setdefault(layer, []).append(block)
+    for layer, fmap in enumerate(expected):
+        np.testing.assert_array_equal(np.concatenate(blocks[layer]), fmap)
+    with xr.open_dataset(path) as ds:
+        assert ds["activation"].dtype == np.uint16 and "float16" in ds["activation"].attrs["dyn_encoding"]
+
+
+@pytest.mark.skipif(shutil.which("ncdump") is None, reason="ncdump (Debian netcdf-bin) not installed; CI installs it")
+def test_ncdump_reads_header(tmp_path):
+    _, _, path = _capture(tmp_path, "resnet_digits", n=4)
+    header = subprocess.run(["ncdump", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    assert "float activation(layer, sample, channel, y, x)" in header
+    assert ":layer_kind = \"stage\"" in header
+
+
+@pytest.mark.parametrize("arch", ["deit_digits", "resnet_digits"])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_streaming_equals_in_memory(tmp_path, arch, chunk):
+    model, x, path = _capture(tmp_path, arch)
+    with torch.inference_mode():
+        maps = features(model, x)
+    spectra = metrics.stream_metric(path, "spectrum", samples_per_chunk=chunk)
+    entropy = metrics.stream_metric(path, "entropy", bins=100, samples_per_chunk=chunk)
+    magnitude = metrics.stream_metric(path, "magnitude", samples_per_chunk=chunk)
+    for layer, fmap in enumerate(maps):
+        np.testing.assert_allclose(spectra[layer], metrics.channel_spectrum(fmap), rtol=1e-6)
+        assert entropy[layer] == pytest.approx(metrics.channel_entropy(fmap), rel=1e-12)
+        assert magnitude[layer] == pytest.approx(metrics.activation_magnitude(fmap), rel=1e-9)
+
+
+def test_streaming_reads_one_block_at_a_time(tmp_path):
+    _, _, path = _capture(tmp_path, "resnet_digits", n=10, chunk=4)
+    shapes = [(layer, block.shape) for layer, block in iter_layer_blocks(path)]
+    assert [s[0] for s in shapes[:3]] == [0, 0, 0] and [s[1][0] for s in shapes[:3]] == [4, 4, 2]
+    assert not any(np.isnan(block).any() for _, block in iter_layer_blocks(path))
+
+
+def test_metric_files(tmp_path):
+    _, _, path = _capture(tmp_path, "resnet_digits", n=4)
+    for name in metrics.METRICS:
+        out = metrics.write_metric(path, name, tmp_path / f"{name}.nc", bins=100)
+        with xr.open_dataset(out) as ds:
+            assert ds.attrs["model"] == "resnet_digits" and ds.attrs["metric"] == name
+            if name == "spectrum":
+                assert ds["spectrum"].dims == ("layer", "frequency")
+                assert ds["spectrum"].shape == (5, 256)
+                assert np.isnan(ds["spectrum"][1, 32:]).all() and not np.isnan(ds["spectrum"][1, :32]).any()
+            else:
+                assert ds[name].dims == ("layer",) and np.isfinite(ds[name]).all()
+        assert (tmp_path / f"{name}.csv").read_text().startswith("layer,")
+    with xr.open_dataset(tmp_path / "entropy.nc") as ds:
+        assert ds.attrs["bins"] == 100

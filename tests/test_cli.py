@@ -1,0 +1,105 @@
+import json
+import subprocess
+
+import pytest
+import timm
+import torch
+
+from dyn.fetch import save_weights
+
+from conftest import tool
+
+
+def _dyn(args, env, cwd=None):
+    return subprocess.run([tool("dyn"), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def _one_line_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "cait.safetensors"
+    save_weights(timm.create_model("cait_digits"), path)
+    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
+    return path
+
+
+DISTILL = ["distill", "--method", "spectral", "--beta", "0.2", "--epochs", "1", "--teacher-arch", "cait_digits",
+           "--student-arch", "deit_digits"]
+
+
+def test_unknown_model_name(env, tmp_path):
+    result = _dyn(["fetch", "--name", "x", "--arch", "vit_tinyy_patch16_224", "--weights", "train", "--epochs", "1",
+                   "--out", str(tmp_path / "x.safetensors"), "--dataset", '{"name": "digits"}'], env)
+    _one_line_error(result, "unknown model 'vit_tinyy_patch16_224'")
+
+
+def test_bad_layer_spec(env, tmp_path, teacher):
+    result = _dyn(DISTILL + ["--layers", "Lst1", "--teacher-checkpoint", str(teacher), "--out-dir", str(tmp_path)], env)
+    _one_line_error(result, "bad layer spec 'Lst1'")
+
+
+def test_layer_spec_that_does_not_fit(env, tmp_path, teacher):
+    result = _dyn(DISTILL + ["--layers", "Last10", "--teacher-checkpoint", str(teacher), "--out-dir", str(tmp_path)],
+                  env)
+    _one_line_error(result, "layer spec 'Last10' does not fit")
+    assert "student has 8 blocks, teacher has 12" in result.stderr
+
+
+def test_missing_checkpoint(env, tmp_path):
+    result = _dyn(DISTILL + ["--layers", "Last1", "--teacher-checkpoint", str(tmp_path / "none.safetensors"),
+                             "--out-dir", str(tmp_path)], env)
+    _one_line_error(result, "checkpoint file not found")
+
+
+def test_missing_capture_file(env, tmp_path):
+    result = _dyn(["metrics", "entropy", "--capture", str(tmp_path / "none.nc"), "--out", str(tmp_path / "e.nc")], env)
+    _one_line_error(result, "capture file not found")
+
+
+def test_bad_json_option(env, tmp_path):
+    result = _dyn(["fetch", "--name", "x", "--arch", "deit_digits", "--weights", "train", "--out",
+                   str(tmp_path / "x.safetensors"), "--dataset", "{name: digits"], env)
+    _one_line_error(result, "--dataset")
+
+
+def test_unknown_train_key(env, tmp_path):
+    result = _dyn(["fetch", "--name", "x", "--arch", "deit_digits", "--weights", "train", "--epochs", "1", "--out",
+                   str(tmp_path / "x.safetensors"), "--train", '{"lrr": 1}'], env)
+    _one_line_error(result, "unknown train key(s) lrr")
+
+
+def test_unknown_option(env):
+    _one_line_error(_dyn(["metrics", "entropy", "--bogus"], env), "--bogus")
+
+
+def test_fetch_from_local_file(env, tmp_path):
+    # A local checkpoint (as a user's .pth) goes through timm's loader and comes out as safetensors + JSON.
+    torch.manual_seed(3)
+    model = timm.create_model("resnet_digits")
+    torch.save(model.state_dict(), tmp_path / "mine.pth")
+    out = tmp_path / "ck" / "resnet.safetensors"
+    result = _dyn(["fetch", "--name", "resnet", "--arch", "resnet_digits", "--weights", str(tmp_path / "mine.pth"),
+                   "--out", str(out), "--dataset", '{"name": "digits"}', "--train", '{"num_workers": 0}'], env)
+    assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+
+    from dyn.models import sha256_of
+
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["source"] == str(tmp_path / "mine.pth") and info["sha256"] == sha256_of(out)
+    assert 0 <= info["val_top1"] <= 100 and info["num_classes"] == 10
+    loaded = load_file(out)
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_weights_kinds():
+    from dyn.fetch import weights_kind
+
+    assert [weights_kind(w) for w in ("train", "hub", "https://x/y.pth", "ckpt/a.safetensors")] == [
+        "train", "hub", "url", "path"]

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from dyn.data import DigitsDataset, build_dataset, fixed_subset, num_classes
+from dyn.errors import UserError
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+    train, val = DigitsDataset("train"), DigitsDataset("val")
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    assert not set(train.source_index) & set(val.source_index)
+    np.testing.assert_array_equal(DigitsDataset("val").source_index, val.source_index)
+    assert not np.array_equal(DigitsDataset("val", split_seed=1).source_index, val.source_index)
+
+
+def test_digits_images_and_labels_are_the_bundled_ones():
+    bunch = load_digits()
+    val = DigitsDataset("val")
+    image, label = val[3]
+    source = val.source_index[3]
+    assert image.size == (8, 8) and image.mode == "L"
+    assert label == bunch.target[source]
+    np.testing.assert_array_equal(np.asarray(image), np.round(bunch.images[source] * 255 / 16).astype(np.uint8))
+    assert num_classes(val) == 10 and num_classes(fixed_subset(val, 5)) == 10
+
+
+@pytest.mark.parametrize("cfg, split, fragment", [
+    ({"name": "imagefolder"}, "train", "dataset.root"),
+    ({"name": "imagefolder", "root": "/nonexistent/imagenet"}, "train", "does not exist"),
+    ({"name": "cifar10", "root": "/"}, "train", "cifar10 files not found"),
+    ({"name": "mnist"}, "train", "valid datasets are"),
+    ({"name": "digits"}, "test", "valid splits are"),
+])
+def test_dataset_mistakes_are_one_line(cfg, split, fragment):
+    with pytest.raises(UserError) as error:
+        build_dataset(cfg, split)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_imagefolder_layout(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / cls / "a.png")
+    ds = build_dataset({"name": "imagefolder", "root": str(tmp_path)}, "val")
+    assert len(ds) == 2 and num_classes(ds) == 2

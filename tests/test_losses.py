@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dyn import losses
+
+
+def _maps(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_spectral_loss_zero_for_identical_maps():
+    maps = [_maps(2, 8, 4, 4), _maps(2, 8, 4, 4, seed=1)]
+    assert losses.spectral_loss(maps, [m.clone() for m in maps]).item() == 0.0
+
+
+def test_spectral_loss_gradients_are_finite():
+    student = [_maps(3, 8, 4, 4).requires_grad_(), _maps(3, 8, 4, 4, seed=1).requires_grad_()]
+    teacher = [_maps(3, 16, 4, 4, seed=2), _maps(3, 16, 4, 4, seed=3)]
+    loss = losses.spectral_loss(student, teacher)
+    loss.backward()
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    assert all(torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0 for s in student)
+
+
+def _pool_loop(x, channels):
+    # adaptive average pooling over channels by its definition: bin i covers [floor(i C / c), ceil((i+1) C / c))
+    b, c, h, w = x.shape
+    out = torch.zeros(b, channels, h, w, dtype=x.dtype)
+    for i in range(channels):
+        start, end = (i * c) // channels, -(-((i + 1) * c) // channels)
+        out[:, i] = x[:, start:end].mean(dim=1)
+    return out
+
+
+@pytest.mark.parametrize("c_in, c_out", [(16, 8), (12, 5), (7, 7)])
+def test_pool_channels_matches_loop(c_in, c_out):
+    x = _maps(2, c_in, 3, 3)
+    torch.testing.assert_close(losses.pool_channels(x, c_out), _pool_loop(x, c_out))
+
+
+def _spectral_loop(student_maps, teacher_maps):
+    total = 0.0
+    for s, t in zip(student_maps, teacher_maps):
+        t = _pool_loop(t, s.shape[1])
+        h, w = s.shape[-2:]
+        squared, count = 0.0, 0
+        for b in range(s.shape[0]):
+            for c in range(s.shape[1]):
+                for u in range(h):
+                    for v in range(w // 2 + 1):  # rfft2: the last axis keeps w // 2 + 1 frequencies
+                        fs = ft = 0j
+                        for y in range(h):
+                            for x in range(w):
+                                phase = complex(math.cos(-2 * math.pi * (u * y / h + v * x / w)),
+                                                math.sin(-2 * math.pi * (u * y / h + v * x / w)))
+                                fs += float(s[b, c, y, x]) * phase
+                                ft += float(t[b, c, y, x]) * phase
+                        fs, ft = fs / math.sqrt(h * w), ft / math.sqrt(h * w)  # orthonormal scaling
+                        squared += (fs.real - ft.real) ** 2 + (fs.imag - ft.imag) ** 2
+                        count += 2
+        total += squared / count
+    return total / len(student_maps)
+
+
+def test_spectral_loss_matches_definition():
+    student = [_maps(2, 3, 4, 3, seed=4), _maps(2, 3, 4, 3, seed=5)]
+    teacher = [_maps(2, 6, 4, 3, seed=6), _maps(2, 7, 4, 3, seed=7)]  # wider teachers, pooled to 3 channels
+    expected = _spectral_loop(student, teacher)
+    assert losses.spectral_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_spectral_loss_runs_in_float32_under_bfloat16():
+    s, t = _maps(2, 4, 4, 4).bfloat16(), _maps(2, 8, 4, 4, seed=1).bfloat16()
+    assert losses.spectral_loss([s], [t]).dtype == torch.float32
+
+
+def test_projector_shapes_and_loss():
+    projector = losses.ChannelProjector([32, 48], [64, 96])
+    student = [_maps(2, 32, 4, 4), _maps(2, 48, 4, 4, seed=1)]
+    projected = projector(student)
+    assert [tuple(p.shape) for p in projected] == [(2, 64, 4, 4), (2, 96, 4, 4)]
+    teacher = [_maps(2, 64, 4, 4, seed=2), _maps(2, 96, 4, 4, seed=3)]
+    loss = losses.projector_loss(projected, teacher)
+    expected = (F.mse_loss(projected[0], teacher[0]) + F.mse_loss(projected[1], teacher[1])) / 2
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in projector.parameters())
+
+
+def test_projector_is_a_linear_map_over_channels():
+    projector = losses.ChannelProjector([3], [5])
+    x = _maps(1, 3, 2, 2)
+    linear = projector.maps[0]
+    y = projector([x])[0]
+    for i in range(2):
+        for j in range(2):
+            torch.testing.assert_close(y[0, :, i, j], linear.weight @ x[0, :, i, j] + linear.bias)
+
+
+def test_soft_kd_loss_matches_formula():
+    s, t, temperature = _maps(4, 10), _maps(4, 10, seed=1), 2.0
+    p_t = torch.softmax(t / temperature, dim=1)
+    expected = (p_t * (p_t.log() - torch.log_softmax(s / temperature, dim=1))).sum() / 4 * temperature ** 2
+    torch.testing.assert_close(losses.soft_kd_loss(s, t, temperature), expected)
+    assert losses.soft_kd_loss(t, t, temperature).abs().item() < 1e-6

@@ -1,0 +1,103 @@
+import json
+import math
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import dyn.train
+from dyn.distill import distill
+from dyn.fetch import save_weights
+from dyn.recipe import Recipe
+from dyn.runs import RunSpec
+from dyn.train import NonFiniteLoss
+
+DIGITS = {"name": "digits"}
+RECIPE = dict(batch_size=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
+              alpha=0.9, temperature=1.0, eval_batch_size=512)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"
+    save_weights(timm.create_model("cait_digits"), path)
+    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
+    return path
+
+
+def _run(teacher, out, spec, state=None, **recipe):
+    return distill(spec, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}), out,
+                   state_path=state, num_images=8, evolution_every=1)
+
+
+def test_run_directory_contract(teacher, tmp_path):
+    import xarray as xr
+
+    summary = _run(teacher, tmp_path / "run", RunSpec("projector", "First1+Last1", 0.2, 2, 0))
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {
+        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "projector.safetensors"}
+    assert summary["pairs"] == [(0, 0), (7, 11)]
+    assert 0 <= summary["top1"] <= summary["top5"] <= 100
+    with xr.open_dataset(tmp_path / "run" / "evolution.nc") as ds:
+        assert ds["entropy"].dims == ("epoch", "layer")
+        assert list(ds["epoch"].values) == [0, 1, 2] and ds.sizes["layer"] == 8
+        assert (ds["entropy"] > 0).all() and (ds["entropy"] <= math.log2(32)).all()
+    assert len((tmp_path / "run" / "log.csv").read_text().strip().splitlines()) == 3
+    student = timm.create_model("deit_digits", pretrained=True,
+                                pretrained_cfg_overlay=dict(file=str(tmp_path / "run" / "student.safetensors")))
+    assert student.num_classes == 10
+
+
+def test_resume_after_interruption_is_bit_identical(teacher, tmp_path, monkeypatch):
+    spec = RunSpec("spectral", "First1+Last1", 0.2, 3, 1)
+    _run(teacher, tmp_path / "whole", spec, state=tmp_path / "whole.pt")
+
+    real_save = dyn.train.save_state
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2's state reached the disk
+
+    monkeypatch.setattr(dyn.train, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
+    assert not (tmp_path / "broken" / "summary.json").exists()
+    monkeypatch.setattr(dyn.train, "save_state", real_save)
+    summary = _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
+
+    whole = load_file(tmp_path / "whole" / "student.safetensors")
+    resumed = load_file(tmp_path / "broken" / "student.safetensors")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:] != []
+    assert summary["epochs"] == 3 and not (tmp_path / "broken.pt").exists()
+
+
+def test_state_of_another_configuration_is_not_resumed(teacher, tmp_path):
+    spec = RunSpec("softkd", "none", 0.0, 1, 0)
+    _run(teacher, tmp_path / "a", spec, state=tmp_path / "state.pt", alpha=0.5)
+    # A finished run removes its state; a stale one from other settings must be ignored, not resumed.
+    torch.save({"fingerprint": "other", "epoch": 1}, tmp_path / "state.pt")
+    summary = _run(teacher, tmp_path / "b", spec, state=tmp_path / "state.pt", alpha=0.9)
+    assert summary["recipe"]["alpha"] == 0.9
+
+
+def test_teacher_cache_gives_the_same_run(teacher, tmp_path):
+    spec = RunSpec("spectral", "Last1", 0.2, 2, 0)
+    cached = _run(teacher, tmp_path / "cached", spec, teacher_cache=True)
+    direct = _run(teacher, tmp_path / "direct", spec, teacher_cache=False)
+    a = load_file(tmp_path / "cached" / "student.safetensors")
+    b = load_file(tmp_path / "direct" / "student.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert cached["top1"] == pytest.approx(direct["top1"], abs=0.6)
+
+
+def test_non_finite_loss_stops_without_summary(teacher, tmp_path):
+    with pytest.raises(NonFiniteLoss, match="epoch 1"):
+        _run(teacher, tmp_path / "nan", RunSpec("spectral", "Last1", float("nan"), 2, 0), state=tmp_path / "s.pt")
+    assert not (tmp_path / "nan" / "summary.json").exists()

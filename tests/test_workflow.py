@@ -1,0 +1,124 @@
+"""The Snakemake workflow: dry runs, lint, user mistakes, and one end-to-end run of a tiny config."""
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from conftest import tool
+
+
+def snakemake(args, cwd, env, timeout=600):
+    return subprocess.run([tool("snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run, as {rule: count}."""
+    table = output[output.index("Job stats:"):].splitlines()
+    counts = {}
+    for line in table[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_dry_run_of_the_default_config(repo, env):
+    result = snakemake(["-n", "--cores", "2"], repo, env)
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
+                      "distill": 11, "table1": 1, "figure_profiles": 1, "figure_spectrum": 3,
+                      "figure_evolution": 1, "total": 33}
+
+
+def test_table1_target_builds_only_what_the_table_needs(repo, env):
+    result = snakemake(["-n", "--cores", "2", "results/table1.csv", "--forceall"], repo, env)
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout) == {"fetch": 1, "distill": 11, "table1": 1, "total": 13}
+
+
+def test_lint_passes(repo, env):
+    result = snakemake(["--lint"], repo, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_mistake_ends_in_one_line_exit_2(repo, env, tmp_path):
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg["distill"]["runs"][1]["layers"] = ["First1", "Frist1"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(["-n", "--cores", "1", "-s", str(repo / "workflow" / "Snakefile"),
+                        "--configfile", str(tmp_path / "bad.yaml")], tmp_path, env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "dyn: config error at distill.runs[1].layers: bad layer spec 'Frist1': part 'Frist1' is not valid; use "
+        "FirstK, LastK, '+'-joined parts like First1+Last1, explicit pairs like s0:t0,s11:t23, or none"]
+
+
+TINY = {
+    "dataset": {"name": "digits"},
+    "models": {"cait": {"arch": "cait_digits", "weights": "train", "epochs": 1},
+               "deit": {"arch": "deit_digits", "weights": "train", "epochs": 1},
+               "resnet": {"arch": "resnet_digits", "weights": "train", "epochs": 1}},
+    "analysis": {"models": ["cait", "deit", "resnet"], "num_images": 8, "samples_per_chunk": 4},
+    "train": {"batch_size": 128, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": False,
+              "num_workers": 0, "eval_batch_size": 512},
+    "distill": {"teacher": "cait", "student": "deit", "evolution_every": 1, "runs": [
+        {"method": "softkd", "epochs": 2},
+        {"method": "spectral", "layers": ["First1+Last1", "s0:t0,s7:t11"], "beta": 0.2, "epochs": 2},
+        {"method": "projector", "layers": "Last1", "beta": 0.2, "epochs": 2}]},
+}
+
+
+@pytest.mark.e2e
+def test_end_to_end_tiny_config(repo, env, tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake(["--cores", "2", "-s", str(repo / "workflow" / "Snakefile")], tmp_path, env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+
+    rows = list(csv.DictReader((results / "table1.csv").open()))
+    assert [r["run"] for r in rows] == ["softkd_none_b0_e2_s0", "spectral_First1+Last1_b0.2_e2_s0",
+                                        "spectral_s0t0.s7t11_b0.2_e2_s0", "projector_Last1_b0.2_e2_s0"]
+    for row in rows:
+        assert 0 <= float(row["top1"]) <= float(row["top5"]) <= 100
+        assert math.isclose(float(row["delta_top1"]), float(row["top1"]) - float(rows[0]["top1"]), abs_tol=1e-3)
+    # The explicit pairs s0:t0,s7:t11 are First1+Last1 for these depths: the same training, the same result.
+    assert rows[1]["top1"] == rows[2]["top1"]
+
+    for name in ["profiles", "evolution", "spectrum_cait", "spectrum_deit", "spectrum_resnet"]:
+        for fmt in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
+
+    depth = {"cait": 12, "deit": 8, "resnet": 5}
+    for model, layers in depth.items():
+        info = json.loads((tmp_path / "resources" / "checkpoints" / f"{model}.json").read_text())
+        assert info["source"].startswith("trained here") and len(info["sha256"]) == 64
+        with xr.open_dataset(results / "activations" / f"{model}.nc") as ds:
+            assert ds["activation"].sizes["layer"] == layers and ds["activation"].sizes["sample"] == 8
+        with xr.open_dataset(results / "metrics" / model / "entropy.nc") as ds:
+            entropy = ds["entropy"].values
+            assert entropy.shape == (layers,)
+            assert np.all(entropy > 0) and np.all(entropy <= np.log2(ds["channels"].values))
+        with xr.open_dataset(results / "metrics" / model / "magnitude.nc") as ds:
+            assert np.all(ds["magnitude"].values > 0)
+        with xr.open_dataset(results / "metrics" / model / "spectrum.nc") as ds:
+            assert ds["spectrum"].sizes["layer"] == layers and np.nanmin(ds["spectrum"].values) >= 0
+
+    with xr.open_dataset(results / "runs" / "softkd_none_b0_e2_s0" / "evolution.nc") as ds:
+        assert list(ds["epoch"].values) == [0, 1, 2] and ds.sizes["layer"] == 8
+    assert (results / "logs" / "distill" / "softkd_none_b0_e2_s0.log").read_text().count("epoch ") >= 2
+    assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
+
+    # Nothing left to do: a second invocation is a no-op.
+    again = snakemake(["-n", "--cores", "2", "-s", str(repo / "workflow" / "Snakefile")], tmp_path, env)
+    assert "Nothing to be done" in again.stdout + again.stderr
