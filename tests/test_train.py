@@ -15,7 +15,7 @@ from dyn.train import NonFiniteLoss
 
 DIGITS = {"name": "digits"}
 RECIPE = dict(batch_size=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
-              alpha=0.9, temperature=1.0, eval_batch_size=512)
+              alpha=0.9, temperature=1.0, eval_batch_size=512, crop_pct=None)
 
 
 @pytest.fixture(scope="module")

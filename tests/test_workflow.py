@@ -70,7 +70,7 @@ TINY = {
                "resnet": {"arch": "resnet_digits", "weights": "train", "epochs": 1}},
     "analysis": {"models": ["cait", "deit", "resnet"], "num_images": 8, "samples_per_chunk": 4},
     "train": {"batch_size": 128, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": False,
-              "num_workers": 0, "eval_batch_size": 512},
+              "num_workers": 0, "eval_batch_size": 512, "crop_pct": None},
     "distill": {"teacher": "cait", "student": "deit", "evolution_every": 1, "runs": [
         {"method": "softkd", "epochs": 2},
         {"method": "spectral", "layers": ["First1+Last1", "s0:t0,s7:t11"], "beta": 0.2, "epochs": 2},

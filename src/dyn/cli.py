@@ -94,14 +94,14 @@ def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, c
     from .data import build_dataset, build_transform, fixed_subset
     from .fetch import load_checkpoint
     from .models import sha256_of
-    from .train import pick_device
+    from .distributed import resolve_device
 
     model = load_checkpoint(arch, checkpoint)
     images = fixed_subset(build_dataset(dataset_cfg, "val", build_transform(model, train=False)), num_images)
     attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
              "dataset": dataset_cfg.get("name", "digits"), "split": "val"}
     run_capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
-                compression_level=compression_level, device=pick_device(device), progress=_progress())
+                compression_level=compression_level, device=resolve_device(device), progress=_progress())
     log.info("wrote %s (%d images)", out, len(images))
 
 
@@ -155,7 +155,8 @@ def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkp
     summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                           Recipe.from_dict(train_cfg), out_dir, state_path=state, num_images=num_images, bins=bins,
                           evolution_every=evolution_every, device=device)
-    log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
+    if summary is not None:  # None on the other processes of a data-parallel run
+        log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
 
 
 @cli.group()
@@ -221,6 +222,19 @@ def report_evolution(evolution_files, out, formats):
     evolution(evolution_files, out, _formats(formats))
 
 
+@cli.command("gpu-run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--gpus", type=click.IntRange(min=0), required=True, help="GPUs the command needs.")
+@click.option("--pool", type=click.Path(file_okay=False), default=None,
+              help="Folder of the per-GPU lock files (default: one per user in the temp folder).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def gpu_run(gpus, pool, command):
+    """Run COMMAND on free GPUs of this machine: take slots, set CUDA_VISIBLE_DEVICES, hold them till it ends."""
+    _setup(None)
+    from .gpu_slots import run_on_free_gpus
+
+    sys.exit(run_on_free_gpus(gpus, command, Path(pool) if pool else None))
+
+
 @cli.command("check-config")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.option("--schema", type=click.Path(dir_okay=False), default="workflow/schemas/config.schema.yaml",
@@ -239,8 +253,6 @@ def check_config(config_file, schema, models):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes end with one line on stderr and exit code 2."""
-    from .train import NonFiniteLoss
-
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as error:
@@ -253,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         # Usage mistakes (unknown option, bad value): the one-line message, not the usage block.
         click.echo(f"dyn: error: {error.format_message()}", err=True)
         sys.exit(2)
-    except NonFiniteLoss as error:
-        # A diverged run: one line naming the epoch; the last good state is kept, no summary written.
+    except Exception as error:
+        # A diverged run: one line naming the epoch and step; the last good state is kept, no summary.
+        if type(error).__name__ != "NonFiniteLoss":  # checked by name: importing dyn.train costs torch
+            raise
         click.echo(f"dyn: error: {error}", err=True)
         sys.exit(3)
 

@@ -105,6 +105,10 @@ def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = N
 
     recipe = recipe or {}
     data_cfg = resolve_data_config(model=model)
+    if recipe.get("crop_pct") is not None:
+        data_cfg["crop_pct"] = recipe["crop_pct"]
+    if recipe.get("interpolation"):
+        data_cfg["interpolation"] = recipe["interpolation"]
     if not (train and recipe.get("augment", False)):
         return create_transform(**data_cfg, is_training=False)
     return create_transform(

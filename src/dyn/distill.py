@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, layers
+from . import __version__, distributed, layers
 from .atomic import atomic_path, write_json, write_text
 from .data import build_dataset, build_transform, fixed_subset, num_classes, stack
 from .errors import UserError
@@ -27,8 +27,8 @@ from .models import create_model, depth_of, sha256_of
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .runs import RunSpec
 from .tasks import LayerDistillationTask
-from .train import (clear_state, fingerprint_of, fit, layer_profile, pick_device, seed_everything,
-                    split_batches)
+from .state import clear_state, fingerprint_of, seed_everything
+from .train import fit, layer_profile, split_batches
 
 log = logging.getLogger("dyn")
 
@@ -73,47 +73,75 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[t
 
 def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
-            num_images: int = 64, bins: int = 100, evolution_every: int = 0, device: str = "auto") -> dict:
-    """Train one student for `spec`; write the run directory; return the summary."""
+            num_images: int = 64, bins: int = 100, evolution_every: int = 0, device: str = "auto") -> dict | None:
+    """Train one student for `spec`; write the run directory; return the summary (None off the main process).
+
+    Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
+    """
     out_dir = Path(out_dir)
-    dev = pick_device(device)
     started = time.perf_counter()
-    seed_everything(spec.seed)
-
     pairs = aligned_pairs(spec, student_arch, teacher_arch)  # a bad spec fails before anything is loaded
-    teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
-    n_classes = num_classes(build_dataset(dataset_cfg, "val"))
-    if teacher.num_classes != n_classes:
-        raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
-    student = create_model(student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
-    log.info("run %s: %s <- %s, pairs (student, teacher) %s", spec.run_id, student_arch, teacher_arch, pairs)
+    world = distributed.init(device)
+    try:
+        seed_everything(spec.seed)
+        teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
+        n_classes = num_classes(build_dataset(dataset_cfg, "val"))
+        if teacher.num_classes != n_classes:
+            raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
+        student = create_model(student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+        if world.is_main:
+            log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", spec.run_id,
+                     student_arch, teacher_arch, pairs, world.size, world.device)
 
-    task = LayerDistillationTask(student, teacher, pairs, spec.method, alpha=recipe.alpha,
-                                 temperature=recipe.temperature, beta=spec.beta,
-                                 label_smoothing=recipe.label_smoothing, device=dev).to(dev)
-    train, val = split_batches(dataset_cfg, student, recipe, spec.seed)
-    if recipe.teacher_cache and train.tensors is not None:
-        # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
-        task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
-    snapshot_images, _ = stack(fixed_subset(build_dataset(dataset_cfg, "val", build_transform(student, False)),
-                                            num_images))
-    optimizer = make_optimizer(task.trainable_module, recipe)
-    scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
-    state_path = Path(state_path) if state_path else None
-    fingerprint = fingerprint_of(spec, teacher_arch, sha256_of(teacher_checkpoint), student_arch, dataset_cfg,
-                                 recipe.to_dict(), num_images, bins, evolution_every)
-    history = fit(task, optimizer, scheduler, train, val, spec.epochs, dev,
-                  snapshot=lambda model: layer_profile(model, snapshot_images, bins),
-                  snapshot_every=evolution_every, state_path=state_path, fingerprint=fingerprint)
+        task = LayerDistillationTask(student, teacher, pairs, spec.method, alpha=recipe.alpha,
+                                     temperature=recipe.temperature, beta=spec.beta,
+                                     label_smoothing=recipe.label_smoothing, device=world.device).to(world.device)
+        train, val = split_batches(dataset_cfg, student, recipe, spec.seed, world)
+        if recipe.teacher_cache and train.tensors is not None:
+            # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
+            task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
+        snapshot_set = build_dataset(dataset_cfg, "val", build_transform(student, False, recipe.to_dict()))
+        snapshot_images, _ = stack(fixed_subset(snapshot_set, num_images))
+        if recipe.ema:
+            task.setup_ema(decay=recipe.ema_decay)
+        if recipe.compile:
+            task.compile()
+        if world.distributed:
+            task.prepare_distributed(device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        optimizer = make_optimizer(task.trainable_module, recipe, world.size)
+        scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
+        state_path = Path(state_path) if state_path else None
+        fingerprint = fingerprint_of(spec, teacher_arch, sha256_of(teacher_checkpoint), student_arch, dataset_cfg,
+                                     recipe.to_dict(), num_images, bins, evolution_every, world.size)
+        history = fit(task, optimizer, scheduler, train, val, spec.epochs, world,
+                      snapshot=lambda model: layer_profile(model, snapshot_images, bins),
+                      snapshot_every=evolution_every, state_path=state_path, fingerprint=fingerprint,
+                      amp=recipe.amp, log_interval=recipe.log_interval)
+        if not world.is_main:
+            return None
+        summary = _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, student_arch,
+                             dataset_cfg, recipe, world, num_images, bins, evolution_every,
+                             time.perf_counter() - started)
+        clear_state(state_path)
+        return summary
+    finally:
+        distributed.barrier(world)
+        distributed.shutdown(world)
 
+
+def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
+               recipe, world, num_images, bins, evolution_every, wall_seconds) -> dict:
+    """The run directory's files; summary.json last, so that a summary means a complete run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
+    if task.has_ema():
+        save_weights(task.get_eval_model(ema=True), out_dir / "student_ema.safetensors")
     if task.projector() is not None:
         save_weights(task.projector(), out_dir / "projector.safetensors")
     _write_log_csv(out_dir / "log.csv", history.rows)
     attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
              "epochs": spec.epochs, "seed": spec.seed, "student": student_arch, "teacher": teacher_arch,
-             "bins": bins, "num_images": len(snapshot_images), "dataset": dataset_cfg.get("name"),
+             "bins": bins, "num_images": num_images, "dataset": dataset_cfg.get("name"),
              "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
 
@@ -125,19 +153,32 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         "run": spec.run_id, "method": spec.method, "layers": spec.layers, "pairs": pairs, "beta": spec.beta,
         "epochs": spec.epochs, "seed": spec.seed, "teacher": teacher_arch, "student": student_arch,
         "top1": final["top1"], "top5": final["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
-        "best_epoch": best["epoch"], "wall_seconds": time.perf_counter() - started,
+        "best_epoch": best["epoch"], "wall_seconds": wall_seconds,
+        "train_seconds": total_seconds,
         "images_per_second": total_images / total_seconds if total_seconds else None,
-        "recipe": recipe.to_dict(), "lr": recipe.lr(), "dataset": dataset_cfg,
-        "teacher_checkpoint": str(teacher_checkpoint), "num_images": num_images, "bins": bins,
+        "world_size": world.size, "batch_size_per_process": recipe.batch_size,
+        "global_batch_size": recipe.batch_size * world.size, "lr": recipe.lr(world.size),
+        "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.batch_size * world.size} / {recipe.lr_base_size}",
+        "recipe": recipe.to_dict(), "dataset": dataset_cfg, "teacher_checkpoint": str(teacher_checkpoint),
+        "teacher_sha256": sha256_of(teacher_checkpoint), "num_images": num_images, "bins": bins,
         "evolution_every": evolution_every,
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
-                     "python": platform.python_version()},
-        "git_commit": _git_commit(), "device": str(dev), "host": platform.node(),
+                     "python": platform.python_version(), "cuda": torch.version.cuda},
+        "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),
+        "host": platform.node(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if "ema_top1" in final:
+        summary.update(ema_top1=final["ema_top1"], ema_top5=final["ema_top5"])
     write_json(out_dir / "summary.json", summary)
-    clear_state(state_path)
     return summary
+
+
+def _device_names(world) -> list[str]:
+    """One entry per process: torchrun --standalone gives local rank r the r-th visible GPU."""
+    if world.device.type != "cuda":
+        return ["cpu"] * world.size
+    return [torch.cuda.get_device_name(i) for i in range(min(world.size, torch.cuda.device_count()))]
 
 
 def _timm_version() -> str:

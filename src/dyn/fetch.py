@@ -20,8 +20,10 @@ from .data import build_dataset, num_classes
 from .errors import UserError
 from .models import create_model, sha256_of
 from .recipe import Recipe
+from .distributed import World, init
 from .recipe import make_optimizer, make_scheduler
-from .train import clear_state, evaluate, fingerprint_of, fit, pick_device, seed_everything, split_batches
+from .state import clear_state, fingerprint_of, seed_everything
+from .train import evaluate, fit, split_batches
 
 log = logging.getLogger("dyn")
 
@@ -44,7 +46,7 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> str:
 
 
 def train_from_scratch(arch: str, dataset_cfg: dict, recipe: Recipe, epochs: int, seed: int,
-                       device: torch.device, state_path: Path | None = None) -> torch.nn.Module:
+                       world: World, state_path: Path | None = None) -> torch.nn.Module:
     """Train a model on the configured dataset with plain cross-entropy (timm's ClassificationTask)."""
     from timm.task import ClassificationTask
 
@@ -53,11 +55,12 @@ def train_from_scratch(arch: str, dataset_cfg: dict, recipe: Recipe, epochs: int
     model = create_model(arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
     train, val = split_batches(dataset_cfg, model, recipe, seed)
     task = ClassificationTask(model, criterion_kwargs=dict(smoothing=recipe.label_smoothing),
-                              device=device, verbose=False).to(device)
+                              device=world.device, verbose=False).to(world.device)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, epochs, len(train))
-    fit(task, optimizer, scheduler, train, val, epochs, device, state_path=state_path,
-        fingerprint=fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed))
+    fit(task, optimizer, scheduler, train, val, epochs, world, state_path=state_path,
+        fingerprint=fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed), amp=recipe.amp,
+        log_interval=recipe.log_interval)
     return model
 
 
@@ -66,13 +69,13 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
           state_path: Path | None = None) -> dict:
     """Produce `out` (.safetensors) and its JSON for the model `name`; returns the JSON's content."""
     out = Path(out)
-    dev = pick_device(device)
+    world = init(device)
     kind = weights_kind(weights)
     n_classes = num_classes(build_dataset(dataset_cfg, "val"))
     if kind == "train":
         if epochs < 1:
             raise UserError(f"model '{name}' has weights: train but epochs is {epochs}; set models.{name}.epochs >= 1")
-        model = train_from_scratch(arch, dataset_cfg, recipe, epochs, seed, dev, state_path)
+        model = train_from_scratch(arch, dataset_cfg, recipe, epochs, seed, world, state_path)
         source = f"trained here: {epochs} epochs on {dataset_cfg.get('name')}, seed {seed}"
     elif kind == "hub":
         model = create_model(arch, num_classes=n_classes, hub=True)
@@ -92,7 +95,7 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if evaluate_model:
         _, val = split_batches(dataset_cfg, model, recipe, seed)
-        scores = evaluate(model.to(dev), val, dev)
+        scores = evaluate(model.to(world.device), val, world.device, amp=recipe.amp)
         info.update(val_top1=scores["top1"], val_top5=scores["top5"])
         log.info("%s: val top1 %.2f top5 %.2f", name, scores["top1"], scores["top5"])
     write_json(out.with_suffix(".json"), info)

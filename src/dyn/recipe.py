@@ -34,6 +34,13 @@ class Recipe:
     teacher_cache: bool = True       # reuse teacher outputs across epochs when inputs are deterministic
     num_workers: int = 4
     eval_batch_size: int = 256
+    crop_pct: float | None = 0.875   # validation: resize to 224 / 0.875 = 256, centre crop 224 (None: the model's)
+    interpolation: str = "bicubic"
+    amp: bool = True                 # bf16 autocast on CUDA (CPU always runs float32)
+    compile: bool = False            # torch.compile student and teacher
+    ema: bool = False                # keep an EMA of the student, evaluated and saved beside it
+    ema_decay: float = 0.99996
+    log_interval: int = 50           # steps between host reads of the loss (progress bar, non-finite check)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Recipe":
@@ -52,10 +59,15 @@ class Recipe:
 
 
 def make_optimizer(module: nn.Module, recipe: Recipe, world_size: int = 1) -> torch.optim.Optimizer:
-    """timm's optimiser factory (no weight decay on biases, norms and embeddings)."""
+    """timm's optimiser factory (no weight decay on biases, norms and embeddings); fused AdamW on CUDA."""
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(world_size), weight_decay=recipe.weight_decay)
+    extra = {}
+    on_cuda = next(module.parameters()).is_cuda
+    if on_cuda and recipe.opt.lower() in ("adamw", "adam"):
+        extra["fused"] = True
+    return create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(world_size), weight_decay=recipe.weight_decay,
+                               **extra)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, epochs: int, steps_per_epoch: int):

@@ -112,21 +112,31 @@ class LayerDistillationTask(LogitDistillationTask):
         result["loss"] = total
         return result
 
+    def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> nn.Module:
+        """torch.compile the student's training forward, its eval forward and the teacher."""
+        student = self.trainable_module.student
+        self.eval_model = torch.compile(student, backend=backend, mode=mode, **kwargs)
+        self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **kwargs)
+        self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **kwargs)
+        return self.eval_model
+
     # -- what evaluation and checkpoints see -----------------------------------------------------
     def get_eval_model(self, module: nn.Module | None = None, ema: bool = False) -> nn.Module | None:
-        resolved = super().get_eval_model(module=module, ema=ema)
-        current = resolved
-        while current is not None:
-            if isinstance(current, AlignedStudent):
-                return current.student
-            current = getattr(current, "module", None)
-        return resolved
+        """The bare student (or its EMA copy), without DDP, EMA or compile wrappers and the projector."""
+        if not ema and module is None and hasattr(self, "eval_model"):
+            return self.eval_model
+        aligned = _aligned(super().get_eval_model(module=module, ema=ema))
+        return aligned.student if aligned is not None else None
 
     def projector(self) -> nn.Module | None:
-        module = self.trainable_module
-        while not isinstance(module, AlignedStudent):
-            module = module.module
-        return module.projector
+        return _aligned(self.trainable_module).projector
+
+
+def _aligned(module: nn.Module | None) -> AlignedStudent | None:
+    """The AlignedStudent inside DDP (`.module`), EMA (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while module is not None and not isinstance(module, AlignedStudent):
+        module = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+    return module
 
 
 class TeacherCache:

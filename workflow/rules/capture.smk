@@ -18,9 +18,12 @@ rule capture:
         chunk=ANALYSIS["samples_per_chunk"],
         level=ANALYSIS["compression_level"],
         device=config["device"],
+        launch=launcher(ONE_GPU),
     threads: 1
+    resources:
+        gpu=ONE_GPU,
     shell:
-        "dyn capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
+        "{params.launch} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
         " --out {output} --num-images {params.num_images} --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"
         " --dataset {params.dataset:q} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -26,11 +26,23 @@ STUDENT = config["distill"]["student"]
 RUNS = {spec.run_id: spec for spec in dyn_config.run_specs(config)}
 FORMATS = config["report"]["formats"]
 ANALYSIS = config["analysis"]
+RUN_GPUS = config["distill"]["gpus"]
+# Fetching (training or evaluating) and capturing use one GPU, unless everything runs on the CPU.
+ONE_GPU = 0 if config["device"] == "cpu" else 1
 
 
 def as_json(value):
     """A config section as one JSON argument for a dyn option (shell-quoted in the command)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def launcher(gpus):
+    """How a job starts `dyn`: on free GPU slots of this machine, under torchrun for several GPUs."""
+    if gpus == 0:
+        return "dyn"
+    if gpus == 1:
+        return "dyn gpu-run --gpus 1 -- dyn"
+    return f"dyn gpu-run --gpus {gpus} -- torchrun --standalone --nproc_per_node={gpus} -m dyn.cli"
 
 
 def checkpoint_path(model):

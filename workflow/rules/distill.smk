@@ -24,9 +24,12 @@ rule distill:
         bins=ANALYSIS["entropy_bins"],
         every=config["distill"]["evolution_every"],
         device=config["device"],
+        launch=launcher(RUN_GPUS),
     threads: config["distill"]["threads"]
+    resources:
+        gpu=RUN_GPUS,
     shell:
-        "dyn distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
+        "{params.launch} distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
         " --epochs {params.spec.epochs} --seed {params.spec.seed}"
         " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
         " --student-arch {params.student_arch:q} --out-dir results/runs/{wildcards.run} --state {params.state}"

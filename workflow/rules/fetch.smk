@@ -19,9 +19,12 @@ rule fetch:
         train=as_json(config["train"]),
         state=lambda wc: f"results/state/fetch/{wc.model}/last.pt",
         device=config["device"],
+        launch=launcher(ONE_GPU),
     threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
+    resources:
+        gpu=ONE_GPU,
     shell:
-        "dyn fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
+        "{params.launch} fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
         " --epochs {params.epochs} --seed {params.seed} {params.evaluate} --out {output.checkpoint}"
         " --state {params.state} --dataset {params.dataset:q} --train {params.train:q}"
         " --device {params.device} --threads {threads} > {log} 2>&1"

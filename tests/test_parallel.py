@@ -1,0 +1,140 @@
+"""Several processes: data-parallel training under torchrun (gloo on CPU), GPU slots, and kill -9 + resume."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from dyn.fetch import save_weights
+
+from conftest import tool
+
+DIGITS = '{"name": "digits"}'
+TRAIN = json.dumps(dict(batch_size=64, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
+                        eval_batch_size=512, crop_pct=None))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"
+    save_weights(timm.create_model("cait_digits"), path)
+    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
+    return path
+
+
+def distill_args(teacher, out, epochs, train=TRAIN, extra=()):
+    return ["distill", "--method", "spectral", "--layers", "First1+Last1", "--beta", "0.2", "--epochs", str(epochs),
+            "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher), "--student-arch", "deit_digits",
+            "--out-dir", str(out), "--num-images", "8", "--evolution-every", "1", "--dataset", DIGITS,
+            "--train", train, "--device", "cpu", "--threads", "1", *extra]
+
+
+def log_rows(run_dir):
+    return list(csv.DictReader((run_dir / "log.csv").open()))
+
+
+def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
+    # One process with batch 128 against two gloo processes with batch 64 each: the same global
+    # batches (each rank takes every other sample of the epoch's order) and the same mean loss.
+    single = dict(json.loads(TRAIN), batch_size=128, lr_base_size=128)
+    one = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "one", 3, json.dumps(single))],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([tool("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dyn.cli",
+                          *distill_args(teacher, tmp_path / "two", 3, json.dumps(dict(single, batch_size=64)))],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 128
+    assert summary["lr"] == pytest.approx(2e-3) and summary["devices"] == ["cpu", "cpu"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "evolution.nc", "log.csv", "student.safetensors", "summary.json"]
+    assert two.stderr.count("INFO epoch 3/3") == 1, "only rank 0 logs epochs"
+
+    rows_one, rows_two = log_rows(tmp_path / "one"), log_rows(tmp_path / "two")
+    assert len(rows_two) == 3
+    for a, b in zip(rows_one, rows_two):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=2e-3)
+        assert float(b["top1"]) == pytest.approx(float(a["top1"]), abs=1.0)
+    assert float(rows_two[-1]["loss"]) < float(rows_two[0]["loss"])
+
+
+def _state_epoch(path):
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not written yet, or being replaced
+        return 0
+
+
+def test_kill_9_then_rerun_resumes_bit_identical(teacher, tmp_path, env):
+    epochs = 5
+    whole = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "whole", epochs,
+                                                        extra=["--state", str(tmp_path / "whole.pt")])],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+
+    state = tmp_path / "killed.pt"
+    args = distill_args(teacher, tmp_path / "killed", epochs, extra=["--state", str(state)])
+    victim = subprocess.Popen([tool("dyn"), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _state_epoch(state) < 2 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_after = _state_epoch(state)
+    assert 2 <= killed_after < epochs, "the run must die part-way"
+    assert not (tmp_path / "killed" / "summary.json").exists()
+
+    rerun = subprocess.run([tool("dyn"), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed from {state} after epoch {killed_after} of {epochs}" in rerun.stderr
+    a = load_file(tmp_path / "whole" / "student.safetensors")
+    b = load_file(tmp_path / "killed" / "student.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in log_rows(tmp_path / "whole")] == [r["loss"] for r in log_rows(tmp_path / "killed")]
+    assert not state.exists()
+
+
+def _holder(tmp_path, name, env, pool):
+    script = f"import os, time; open({str(tmp_path / name)!r}, 'w').write(os.environ['CUDA_VISIBLE_DEVICES']); " \
+             "time.sleep(600)"
+    return subprocess.Popen([tool("dyn"), "gpu-run", "--gpus", "1", "--pool", str(pool), "--", sys.executable, "-c",
+                             script], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+
+
+def _wait_for(path, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not path.exists() or not path.read_text():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_gpu_slots_are_distinct_and_reused_after_a_kill(tmp_path, env):
+    env = {**env, "DYN_GPU_SLOTS": "3"}
+    pool = tmp_path / "pool"
+    jobs = [_holder(tmp_path, f"job{i}", env, pool) for i in range(3)]
+    try:
+        got = [_wait_for(tmp_path / f"job{i}") for i in range(3)]
+        assert sorted(got) == ["0", "1", "2"], got
+        waiting = _holder(tmp_path, "job3", env, pool)
+        jobs.append(waiting)
+        assert _wait_for(tmp_path / "job3", seconds=2) is None, "a fourth job must wait for a free slot"
+        os.killpg(jobs[1].pid, signal.SIGKILL)  # the job dies with its training process
+        assert _wait_for(tmp_path / "job3") == got[1], "the killed job's slot goes to the waiting one"
+    finally:
+        for job in jobs:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
