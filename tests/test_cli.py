@@ -74,6 +74,13 @@ def test_unknown_train_key(env, tmp_path):
     _one_line_error(result, "unknown train key(s) lrr")
 
 
+def test_missing_imagenet_folder(env, tmp_path):
+    result = _dyn(["fetch", "--name", "cait_s24", "--arch", "cait_s24_224", "--weights", "hub", "--out",
+                   str(tmp_path / "c.safetensors"), "--dataset", '{"name": "imagefolder", "root": "/path/to/imagenet"}'],
+                  env)
+    _one_line_error(result, "dataset.root does not exist: /path/to/imagenet")
+
+
 def test_unknown_option(env):
     _one_line_error(_dyn(["metrics", "entropy", "--bogus"], env), "--bogus")
 

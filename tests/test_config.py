@@ -83,3 +83,32 @@ def test_layer_spec_too_deep_for_the_student(default, schema):
     default["distill"]["runs"][1]["layers"] = "Last9"
     message = _error(default, schema, check_models=True)
     assert "Last9" in message and "student has 8 blocks, teacher has 12" in message
+
+
+def test_paper_config_is_the_deit_recipe(repo, schema):
+    from dyn.recipe import Recipe
+
+    cfg = configuration.load(repo / "config" / "paper.yaml", schema)
+    configuration.check_models(cfg)
+    recipe = Recipe.from_dict(cfg["train"])
+    assert (recipe.opt, recipe.lr_base, recipe.lr_base_size, recipe.weight_decay, recipe.sched) == (
+        "adamw", 5e-4, 512, 0.05, "cosine")
+    assert (recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr, recipe.label_smoothing) == (5, 1e-6, 1e-5, 0.1)
+    assert (recipe.auto_augment, recipe.color_jitter, recipe.random_erasing) == ("rand-m9-mstd0.5-inc1", 0.4, 0.25)
+    assert (recipe.interpolation, recipe.crop_pct, recipe.batch_size, recipe.drop_path) == ("bicubic", 0.875, 256, 0.0)
+    assert (recipe.alpha, recipe.temperature) == (0.9, 1.0)
+    assert recipe.lr(world_size=4) == pytest.approx(1e-3)
+    specs = configuration.run_specs(cfg)
+    assert len(specs) == 11 and {s.epochs for s in specs} == {300, 500}
+    assert cfg["distill"]["evolution_every"] == 30
+    assert {m["arch"] for m in cfg["models"].values()} == {
+        "cait_s24_224", "deit_tiny_patch16_224", "resnet50", "vit_small_patch16_224", "vit_base_patch16_224.mae"}
+
+
+def test_recipe_defaults_are_deits():
+    from dyn.recipe import Recipe
+
+    recipe = Recipe()
+    assert (recipe.lr_base, recipe.lr_base_size, recipe.weight_decay, recipe.warmup_epochs) == (5e-4, 512, 0.05, 5)
+    assert (recipe.batch_size, recipe.alpha, recipe.temperature, recipe.crop_pct) == (256, 0.9, 1.0, 0.875)
+    assert recipe.augment and recipe.amp and not recipe.compile and not recipe.ema

@@ -46,6 +46,18 @@ def test_table1_target_builds_only_what_the_table_needs(repo, env):
     assert job_counts(result.stdout) == {"fetch": 1, "distill": 11, "table1": 1, "total": 13}
 
 
+def test_dry_run_of_the_paper_config(repo, env):
+    # No ImageNet here: the dry run lists every job all the same.
+    result = snakemake(["-n", "-p", "--cores", "4", "--resources", "gpu=4", "--configfile", "config/paper.yaml",
+                        "--forceall"], repo, env)
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout) == {"fetch": 5, "capture": 5, "spectrum": 5, "entropy": 5, "magnitude": 5,
+                                         "distill": 11, "table1": 1, "figure_profiles": 1, "figure_spectrum": 5,
+                                         "figure_evolution": 1, "all": 1, "total": 45}
+    # Four GPUs per run: each distillation starts torchrun on four free GPU slots.
+    assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 11
+
+
 def test_lint_passes(repo, env):
     result = snakemake(["--lint"], repo, env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -210,7 +210,9 @@ def fit(task, optimizer, scheduler, train: Batches, val: Batches, epochs: int, w
             if (step + 1) % log_interval == 0:
                 _stop_if_non_finite(first_bad, world, epoch, state_path)
                 if progress:
-                    bar.set_postfix({k: f"{float(v) / float(n_images):.4g}" for k, v in sums.items()})
+                    seen = float(n_images)
+                    bar.set_postfix({**{k: f"{float(v) / seen:.4g}" for k, v in sums.items()},
+                                     "img/s": f"{seen / (time.perf_counter() - started):.0f}"})
         _stop_if_non_finite(first_bad, world, epoch, state_path)
         names = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[k] for k in names] + [n_images]), world).tolist()
