@@ -96,6 +96,18 @@ def test_streaming_equals_in_memory(tmp_path, arch, chunk):
         assert magnitude[layer] == pytest.approx(metrics.activation_magnitude(fmap), rel=1e-9)
 
 
+def test_one_pass_with_worker_threads_equals_one_metric_at_a_time(tmp_path):
+    _, _, path = _capture(tmp_path, "resnet_digits", n=10, chunk=3)
+    together = metrics.stream_metrics(path, metrics.METRICS, bins=50, workers=3)
+    for name in metrics.METRICS:
+        alone = metrics.stream_metric(path, name, bins=50)
+        if name == "spectrum":
+            for a, b in zip(together[name], alone):
+                np.testing.assert_allclose(a, b, rtol=1e-12)
+        else:
+            np.testing.assert_allclose(together[name], alone, rtol=1e-12)
+
+
 def test_streaming_reads_one_block_at_a_time(tmp_path):
     _, _, path = _capture(tmp_path, "resnet_digits", n=10, chunk=4)
     shapes = [(layer, block.shape) for layer, block in iter_layer_blocks(path)]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .models import features, layer_kind, num_layers
+from .models import features, layer_kind
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # NetCDF has no half-precision type: float16 captures store the IEEE half bit patterns as uint16
@@ -30,43 +30,70 @@ FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float1
 _STORAGE = {"float32": ("f4", np.float32), "float16": ("u2", np.uint16)}
 
 
+class CaptureWriter:
+    """Streams blocks of samples, layer by layer, into a capture file laid out per the contract.
+
+    Use as a context manager: the file appears at `path` only when the block exits cleanly.
+    """
+
+    def __init__(self, path: str | os.PathLike, layer_shapes: list[tuple[int, int, int]], n_samples: int,
+                 attrs: dict, dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown capture dtype '{dtype}': valid are {', '.join(DTYPES)}")
+        self.path, self.layer_shapes, self.n_samples = Path(path), [tuple(s) for s in layer_shapes], n_samples
+        self.attrs, self.dtype, self.chunk, self.level = attrs, dtype, samples_per_chunk, compression_level
+
+    def __enter__(self) -> "CaptureWriter":
+        import netCDF4
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._root = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        self._variable = _create_layout(self._root, self.layer_shapes, self.n_samples, self.dtype, self.chunk,
+                                        self.level, self.attrs)
+        return self
+
+    def write(self, layer: int, start: int, block: np.ndarray) -> None:
+        """Samples start.. of one layer: a (samples, C, H, W) array of that layer's own shape."""
+        self._variable[layer, start:start + block.shape[0]] = _padded(block, self._variable.shape[2:], self.dtype)
+
+    def __exit__(self, *exc) -> None:
+        self._root.close()
+        self._atomic.__exit__(*exc)
+
+
 def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, attrs: dict,
             dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1,
             device: str | torch.device = "cpu", progress: bool = False) -> Path:
     """Write the activations of every layer of `model` on `images` to `path` (atomically)."""
-    import netCDF4
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown capture dtype '{dtype}': valid are {', '.join(DTYPES)}")
     model = model.eval().to(device)
-    n_layers, n_samples = num_layers(model), len(images)
     # Batches of exactly one chunk, so each write fills whole chunks (no read-modify-write).
     loader = DataLoader(images, batch_size=samples_per_chunk, shuffle=False)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        root = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-        try:
-            start = 0
-            variable = None
-            for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
-                with torch.inference_mode():
-                    maps = features(model, batch.to(device))
-                if variable is None:
-                    variable = _create_layout(root, maps, n_layers, n_samples, dtype, samples_per_chunk,
-                                              compression_level, {**attrs, "layer_kind": layer_kind(model)})
-                stop = start + batch.shape[0]
-                for layer, fmap in enumerate(maps):
-                    variable[layer, start:stop] = _padded(fmap, variable.shape[2:], dtype)
-                start = stop
-        finally:
-            root.close()
-    return path
+    writer = None
+    start = 0
+    try:
+        for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
+            with torch.inference_mode():
+                maps = features(model, batch.to(device))
+            if writer is None:  # the layer shapes are known after the first batch
+                writer = CaptureWriter(path, [tuple(m.shape[1:]) for m in maps], len(images),
+                                       {**attrs, "layer_kind": layer_kind(model)}, dtype, samples_per_chunk,
+                                       compression_level).__enter__()
+            for layer, fmap in enumerate(maps):
+                writer.write(layer, start, fmap.float().cpu().numpy())
+            start += batch.shape[0]
+    except BaseException as error:
+        if writer is not None:
+            writer.__exit__(type(error), error, error.__traceback__)
+        raise
+    writer.__exit__(None, None, None)
+    return Path(path)
 
 
-def _padded(fmap: torch.Tensor, shape: tuple, dtype: str) -> np.ndarray:
-    """A (B, C, H, W) map in the file's storage type, NaN-padded to the file's (channel, y, x) size."""
-    b, c, h, w = fmap.shape
-    values = fmap.float().cpu().numpy().astype(DTYPES[dtype])
+def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
+    """A (B, C, H, W) block in the file's storage type, NaN-padded to the file's (channel, y, x) size."""
+    b, c, h, w = block.shape
+    values = block.astype(DTYPES[dtype], copy=False)
     if (c, h, w) != tuple(shape):
         full = np.full((b, *shape), np.nan, dtype=DTYPES[dtype])
         full[:, :c, :h, :w] = values
@@ -74,8 +101,9 @@ def _padded(fmap: torch.Tensor, shape: tuple, dtype: str) -> np.ndarray:
     return values.view(_STORAGE[dtype][1])
 
 
-def _create_layout(root, maps, n_layers, n_samples, dtype, samples_per_chunk, level, attrs):
-    shapes = np.array([m.shape[1:] for m in maps], dtype=np.int32)
+def _create_layout(root, layer_shapes, n_samples, dtype, samples_per_chunk, level, attrs):
+    shapes = np.array(layer_shapes, dtype=np.int32)
+    n_layers = len(layer_shapes)
     c, h, w = (int(v) for v in shapes.max(axis=0))
     root.createDimension("layer", n_layers)
     root.createDimension("sample", n_samples)
@@ -116,12 +144,53 @@ def _create_layout(root, maps, n_layers, n_samples, dtype, samples_per_chunk, le
 
 
 def iter_layer_blocks(path: str | os.PathLike, samples_per_chunk: int | None = None, progress: bool = False,
-                      desc: str = "layers") -> Iterator[tuple[int, np.ndarray]]:
+                      desc: str = "layers", prefetch: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (layer, activations of a block of samples) with each layer's padding cut off.
 
-    Memory is bounded by one block: (samples_per_chunk, C, H, W). The default block is the
-    file's own chunk, so each read decompresses each chunk once.
+    Memory is bounded by one block: (samples_per_chunk, C, H, W) (three with `prefetch`, which
+    reads ahead in a background thread: the NetCDF library decompresses without holding the GIL).
+    The default block is the file's own chunk, so each read decompresses each chunk once.
     """
+    blocks = _layer_blocks(path, samples_per_chunk, progress, desc)
+    return _read_ahead(blocks, depth=2) if prefetch else blocks
+
+
+def _read_ahead(iterator: Iterator, depth: int) -> Iterator:
+    """Items of `iterator` produced by a background thread, at most `depth` ahead of the consumer."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                items.put(item)
+            items.put(done)
+        except BaseException as error:  # re-raised in the consumer
+            items.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+def _layer_blocks(path, samples_per_chunk, progress, desc) -> Iterator[tuple[int, np.ndarray]]:
     import xarray as xr
 
     with xr.open_dataset(path, cache=False, mask_and_scale=False) as ds:

@@ -120,7 +120,8 @@ def metrics(name, capture_path, out, bins, samples_per_chunk, threads):
 
     if not Path(capture_path).is_file():
         raise UserError(f"capture file not found: {capture_path}")
-    write_metric(capture_path, name, out, bins=bins, samples_per_chunk=samples_per_chunk, progress=_progress())
+    write_metric(capture_path, name, out, bins=bins, samples_per_chunk=samples_per_chunk, progress=_progress(),
+                 workers=threads or 1)
     log.info("wrote %s", out)
 
 

@@ -50,32 +50,61 @@ def _histogram_counts(vectors: np.ndarray, bins: int) -> np.ndarray:
     """Per-row numpy.histogram(row, bins) counts, (rows, bins), with numpy's own arithmetic.
 
     numpy computes, in the input's float type: edges = linspace(min, max, bins + 1) (min-0.5,
-    max+0.5 for a constant row), index = int((v - min) / (max - min) * bins), then corrects the
-    index by one where float rounding put v on the wrong side of an edge. Reproducing those steps
-    exactly keeps ties on bin edges in the same bins as the reference.
+    max+0.5 for a constant row), index = int((v - min) / (max - min) * bins), then moves the index
+    by one where float rounding put v on the wrong side of an edge. The fast path here computes the
+    same index; only values whose position lies within rounding distance of an edge (a tiny share)
+    go through numpy's edge comparisons, so ties on bin edges land in the same bins as numpy's.
     """
     dt = vectors.dtype
-    rows = vectors.shape[0]
+    rows, c = vectors.shape
     low = vectors.min(axis=1)
     high = vectors.max(axis=1)
     constant = low == high
     low = np.where(constant, low - dt.type(0.5), low)
     high = np.where(constant, high + dt.type(0.5), high)
     delta = (high - low).astype(dt)
-    step = (delta / dt.type(bins)).astype(dt)
-    ramp = np.arange(bins + 1, dtype=dt)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        edges = np.where((step == 0)[:, None], ramp / dt.type(bins) * delta[:, None], ramp * step[:, None])
-    edges = (edges + low[:, None]).astype(dt)
-    edges[:, -1] = high
 
-    index = (((vectors - low[:, None]) / delta[:, None]) * dt.type(bins)).astype(np.intp)
-    index[index == bins] -= 1
-    row = np.arange(rows)[:, None]
-    index -= vectors < edges[row, index]
-    index += (vectors >= edges[row, index + 1]) & (index != bins - 1)
-    flat = (row * bins + index).ravel()
-    return np.bincount(flat, minlength=rows * bins).reshape(rows, bins)
+    position = vectors - low[:, None]
+    position /= delta[:, None]
+    position *= dt.type(bins)
+    inside = (position > 0) & (position < bins)  # the row's min and max: exact, never moved by numpy
+    whole = np.floor(position)
+    # How far float rounding can move a value across an edge, in bins: a few ulps of the row's scale.
+    scale = np.maximum(np.abs(low), np.abs(high)) / delta * bins + bins
+    half_width = (dt.type(0.5) - 8 * np.finfo(dt).eps * scale).astype(dt)
+    position -= whole  # now the fraction within a bin; in float, not int, to stay in the input's type
+    position -= dt.type(0.5)
+    near = np.abs(position, out=position) > half_width[:, None]
+    near &= inside
+    np.minimum(whole, bins - 1, out=whole)  # v == max lands in the last bin
+    suspect_rows = np.flatnonzero(near.any(axis=1))  # few rows hold a value near an edge
+    if suspect_rows.size:
+        r, k = np.nonzero(near[suspect_rows])
+        r = suspect_rows[r]
+        index = whole[r, k].astype(np.intp)
+        whole[r, k] = _exact_index(vectors[r, k], index, low[r], high[r], delta[r], bins, dt)
+    if rows * bins < 2**24 and dt.itemsize == 4:  # flat bin ids are exact in float32 up to 2^24
+        whole += (np.arange(rows, dtype=dt) * dt.type(bins))[:, None]
+        flat = whole.astype(np.intp)
+    else:
+        flat = whole.astype(np.intp) + (np.arange(rows) * bins)[:, None]
+    return np.bincount(flat.ravel(), minlength=rows * bins).reshape(rows, bins)
+
+
+def _exact_index(v, index, low, high, delta, bins, dt):
+    """numpy.histogram's index correction for single values, with its linspace edges."""
+    step = (delta / dt.type(bins)).astype(dt)
+
+    def edge(k):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # linspace: k * step + start (k / bins * delta + start for a denormal step); last edge = stop
+            value = np.where(step == 0, k.astype(dt) / dt.type(bins) * delta, k.astype(dt) * step) + low
+        return np.where(k == bins, high, value.astype(dt))
+
+    index = index.copy()
+    index -= v < edge(index)
+    index += (v >= edge(index + 1)) & (index != bins - 1)
+    return index
 
 
 def entropy_sum(vectors: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, int]:
@@ -83,10 +112,11 @@ def entropy_sum(vectors: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, i
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     counts = _histogram_counts(vectors, bins)
-    p = counts / vectors.shape[1]
+    # -p log2 p for every possible count n = 0..C (p = n / C), looked up instead of computed per bin.
+    p = np.arange(vectors.shape[1] + 1, dtype=np.float64) / vectors.shape[1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(counts > 0, p * np.log2(p), 0.0)
-    return float(-terms.sum()), vectors.shape[0]
+        term = np.where(p > 0, -p * np.log2(p), 0.0)
+    return float(term[counts].sum()), vectors.shape[0]
 
 
 def magnitude_sum(a) -> tuple[float, int]:
@@ -123,34 +153,63 @@ def layer_metric_sum(name: str, bins: int = DEFAULT_BINS) -> Callable[[np.ndarra
     raise ValueError(f"unknown metric '{name}': valid metrics are {', '.join(METRICS)}")
 
 
-def stream_metric(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
-                  samples_per_chunk: int | None = None, progress: bool = False) -> np.ndarray | list:
-    """Per-layer values of one metric over a capture file, reading one (layer, sample block) at a time.
+def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_BINS,
+                   samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> dict:
+    """Per-layer values of several metrics over a capture file, in one pass over its blocks.
 
-    Returns a list of per-layer arrays for the spectrum (lengths may differ between CNN stages),
-    or a float array of shape (layers,) for entropy and magnitude.
+    A background thread reads (decompresses) the next blocks while `workers` threads summarise
+    the current ones (numpy and the NetCDF library release the GIL), so memory stays bounded by a
+    few blocks. Returns {name: values}: a list of per-layer arrays for the spectrum (lengths may
+    differ between CNN stages), a float array of shape (layers,) for entropy and magnitude.
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from .capture import iter_layer_blocks
 
-    summarise = layer_metric_sum(name, bins)
-    totals: dict[int, list] = {}
-    for layer, block in iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc=name):
-        value, n = summarise(block)
-        if layer in totals:
-            totals[layer][0] = totals[layer][0] + value
-            totals[layer][1] += n
-        else:
-            totals[layer] = [value, n]
-    per_layer = [totals[layer][0] / totals[layer][1] for layer in sorted(totals)]
-    return per_layer if name == "spectrum" else np.asarray(per_layer, dtype=np.float64)
+    summarise = {name: layer_metric_sum(name, bins) for name in names}
+    totals: dict[str, dict[int, list]] = {name: {} for name in names}
+
+    def summarise_block(block):
+        return {name: function(block) for name, function in summarise.items()}
+
+    def add(layer, sums):
+        for name, (value, n) in sums.items():
+            slot = totals[name].setdefault(layer, [0.0, 0])
+            slot[0] = slot[0] + value
+            slot[1] += n
+
+    blocks = iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc="+".join(names),
+                               prefetch=True)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        for layer, block in blocks:
+            pending.append((layer, pool.submit(summarise_block, block)))
+            while len(pending) > workers:  # at most `workers` blocks in flight
+                done_layer, future = pending.popleft()
+                add(done_layer, future.result())
+        for done_layer, future in pending:
+            add(done_layer, future.result())
+    out = {}
+    for name, per_layer in totals.items():
+        values = [per_layer[layer][0] / per_layer[layer][1] for layer in sorted(per_layer)]
+        out[name] = values if name == "spectrum" else np.asarray(values, dtype=np.float64)
+    return out
+
+
+def stream_metric(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
+                  samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> np.ndarray | list:
+    """One metric of a capture file (see stream_metrics)."""
+    layer_metric_sum(name, bins)  # an unknown name fails before the file is opened
+    return stream_metrics(capture_path, (name,), bins, samples_per_chunk, progress, workers)[name]
 
 
 def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
-                   samples_per_chunk: int | None = None, progress: bool = False):
+                   samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1):
     """An xarray Dataset holding one metric of a capture file, with the capture's attrs."""
     import xarray as xr
 
-    values = stream_metric(capture_path, name, bins, samples_per_chunk, progress)
+    values = stream_metric(capture_path, name, bins, samples_per_chunk, progress, workers)
     with xr.open_dataset(capture_path) as capture:
         attrs = dict(capture.attrs)
         channels = capture["channels"].values.astype(int)
@@ -177,12 +236,12 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
 
 
 def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int = DEFAULT_BINS,
-                 samples_per_chunk: int | None = None, progress: bool = False) -> Path:
+                 samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> Path:
     """`out` (.nc) and a long-form .csv beside it, both written atomically."""
     from .atomic import atomic_path, write_text
 
     out = Path(out)
-    ds = metric_dataset(capture_path, name, bins, samples_per_chunk, progress)
+    ds = metric_dataset(capture_path, name, bins, samples_per_chunk, progress, workers)
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
     frame = ds[name].to_dataframe().reset_index().dropna(subset=[name])
