@@ -65,24 +65,56 @@ class CaptureWriter:
 def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, attrs: dict,
             dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1,
             device: str | torch.device = "cpu", progress: bool = False) -> Path:
-    """Write the activations of every layer of `model` on `images` to `path` (atomically)."""
+    """Write the activations of every layer of `model` on `images` to `path` (atomically).
+
+    The model computes batch i+1 while a background thread compresses and writes batch i: zlib
+    and HDF5 run without the GIL, so on a GPU machine writing costs little beyond the forward.
+    """
+    import queue
+    import threading
+
     model = model.eval().to(device)
     # Batches of exactly one chunk, so each write fills whole chunks (no read-modify-write).
     loader = DataLoader(images, batch_size=samples_per_chunk, shuffle=False)
-    writer = None
+    work: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def write_all(writer: CaptureWriter) -> None:
+        while (item := work.get()) is not None:
+            if not failure:
+                try:
+                    start, maps = item
+                    for layer, fmap in enumerate(maps):
+                        writer.write(layer, start, fmap)
+                except BaseException as error:  # reported by the main thread
+                    failure.append(error)
+
+    writer = thread = None
     start = 0
     try:
         for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
             with torch.inference_mode():
-                maps = features(model, batch.to(device))
+                maps = [m.float().cpu().numpy() for m in features(model, batch.to(device))]
             if writer is None:  # the layer shapes are known after the first batch
-                writer = CaptureWriter(path, [tuple(m.shape[1:]) for m in maps], len(images),
+                writer = CaptureWriter(path, [m.shape[1:] for m in maps], len(images),
                                        {**attrs, "layer_kind": layer_kind(model)}, dtype, samples_per_chunk,
                                        compression_level).__enter__()
-            for layer, fmap in enumerate(maps):
-                writer.write(layer, start, fmap.float().cpu().numpy())
+                thread = threading.Thread(target=write_all, args=(writer,), daemon=True)
+                thread.start()
+            if failure:
+                raise failure[0]
+            work.put((start, maps))
             start += batch.shape[0]
+        if thread is not None:
+            work.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
     except BaseException as error:
+        if thread is not None and thread.is_alive():
+            failure.append(error)  # the writer skips what is left
+            work.put(None)
+            thread.join()
         if writer is not None:
             writer.__exit__(type(error), error, error.__traceback__)
         raise

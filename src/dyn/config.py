@@ -107,23 +107,57 @@ def run_specs(config: dict) -> list[RunSpec]:
     return list(specs.values())
 
 
-def check_models(config: dict) -> None:
+def check_models(config: dict, cache: str | Path | None = None) -> None:
     """Known timm names for every model, and every run's layer spec fits teacher and student depths.
 
-    Builds each architecture on the meta device (no memory, no weights) to read its depth.
+    Depths are read from weightless copies built on the meta device. Importing timm (and torch)
+    for that costs seconds, so results are kept in `cache` (a JSON file, per timm version) and a
+    later start with the same architectures imports neither.
     """
-    from .models import check_model_name, depth_of
-
+    depths = _model_depths([m["arch"] for m in config["models"].values()], cache)
     for key, model in config["models"].items():
-        try:
-            check_model_name(model["arch"])
-        except UserError as error:
-            raise UserError(f"config error at models.{key}.arch: {error}") from None
+        if depths[model["arch"]] is None:
+            from .models import check_model_name
+
+            try:
+                check_model_name(model["arch"])
+            except UserError as error:
+                raise UserError(f"config error at models.{key}.arch: {error}") from None
     teacher, student = (config["models"][config["distill"][role]]["arch"] for role in ("teacher", "student"))
-    student_depth, teacher_depth = depth_of(student), depth_of(teacher)
     for spec in run_specs(config):
         if spec.method != "softkd":
-            layers.parse(spec.layers, student_depth, teacher_depth)
+            layers.parse(spec.layers, depths[student], depths[teacher])
+
+
+def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int | None]:
+    """{arch: number of feature layers, or None for a name timm does not know}."""
+    import json
+    from importlib.metadata import version
+
+    from . import __version__
+
+    key = f"timm {version('timm')}, dyn {__version__}"  # dyn registers the embedded architectures
+    cache = Path(cache) if cache else None
+    known: dict = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text()).get(key, {})
+        except (OSError, ValueError):
+            known = {}
+    missing = [arch for arch in dict.fromkeys(archs) if arch not in known]
+    if missing:
+        from . import models
+
+        for arch in missing:
+            known[arch] = models.depth_of(arch) if models.is_known(arch) else None
+        if cache is not None:
+            from .atomic import write_text
+
+            try:
+                write_text(cache, json.dumps({key: known}, indent=1, sort_keys=True))
+            except OSError:
+                pass  # a read-only folder only costs the next start the same seconds
+    return {arch: known[arch] for arch in archs}
 
 
 def load(path: str | Path, schema_path: str | Path) -> dict:

@@ -91,9 +91,14 @@ def resnet_digits(pretrained: bool = False, **kwargs) -> ResNet:
     return build_model_with_cfg(DigitsResNet, "resnet_digits", pretrained, **dict(args, **_digits_kwargs(kwargs)))
 
 
+def is_known(arch: str) -> bool:
+    """Whether timm can build `arch` (a model name, optionally with a .pretrained_tag)."""
+    return timm.is_model(arch.split(".")[0])
+
+
 def check_model_name(arch: str) -> None:
     """Fail with one line if timm knows no model of this name."""
-    if not timm.is_model(arch.split(".")[0]):
+    if not is_known(arch):
         close = timm.list_models(f"*{arch.split('.')[0].split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise UserError(f"unknown model '{arch}': not a timm model name{hint}")

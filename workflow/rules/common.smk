@@ -11,7 +11,8 @@ SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
 try:
     dyn_config.validate(config, SCHEMA)
-    dyn_config.check_models(config)
+    # Model names and depths are cached: a restart then skips importing torch and timm.
+    dyn_config.check_models(config, cache=".snakemake/dyn-model-depths.json")
 except UserError as error:
     # A user's mistake: one line and exit code 2, before any job starts.
     print(f"dyn: {error}", file=sys.stderr)

@@ -1,0 +1,333 @@
+"""Benchmarks: each stage against a baseline timed in the same run, reported as ratios.
+
+    python -m dyn.bench                 # everything (under 10 minutes on 2 CPU cores)
+    python -m dyn.bench --only metrics,train
+
+Prints a table and writes results/bench.json. Absolute times depend on the machine and its load;
+the ratios are the numbers to compare. The GPU training-step benchmark is `python -m dyn.bench_gpu`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("results/bench")
+SECTIONS = ("metrics", "memory", "capture", "train", "dag")
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def row(what, baseline, ours_s, baseline_s, ratio, ratio_means, goal, met, **extra) -> dict:
+    return {"what": what, "baseline": baseline, "ours_s": round(ours_s, 4), "baseline_s": round(baseline_s, 4),
+            "ratio": round(ratio, 3), "ratio_means": ratio_means, "goal": goal, "met": met, **extra}
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+CAIT_S24 = dict(layers=24, samples=64, channels=384, height=14, width=14)
+
+
+def synthetic_capture(path: Path, layers: int, samples: int, channels: int, height: int, width: int,
+                      compression_level: int = 1, seed: int = 0) -> Path:
+    """A capture file of random activations in the project's own layout (kept for later runs)."""
+    from .capture import CaptureWriter
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    chunk = 16
+    with CaptureWriter(path, [(channels, height, width)] * layers, samples, {"model": "synthetic"},
+                       samples_per_chunk=chunk, compression_level=compression_level) as writer:
+        for layer in range(layers):
+            for start in range(0, samples, chunk):
+                n = min(chunk, samples - start)
+                writer.write(layer, start, rng.standard_normal((n, channels, height, width), dtype=np.float32))
+    return path
+
+
+def loop_metrics(vectors: np.ndarray, bins: int = 100) -> None:
+    """The obvious implementation: one channel vector at a time."""
+    for v in vectors:
+        counts, _ = np.histogram(v, bins=bins)
+        p = counts[counts > 0] / len(v)
+        -(p * np.log2(p)).sum()
+        np.abs(np.fft.fft(v)) / len(v)
+        np.abs(v).mean()
+
+
+def bench_metrics(repeats: int) -> list[dict]:
+    from . import metrics
+    from .capture import iter_layer_blocks
+
+    path = synthetic_capture(OUT / "cait_s24_64.nc", **CAIT_S24)
+    workers = os.cpu_count() or 1
+
+    def read_once():
+        for _ in iter_layer_blocks(path):
+            pass
+
+    read_s = median_time(read_once, repeats)
+    ours_s = median_time(lambda: metrics.stream_metrics(path, metrics.METRICS, workers=workers), repeats)
+    rules_s = sum(median_time(lambda n=name: metrics.stream_metric(path, n), 1) for name in metrics.METRICS)
+
+    # The per-position loop on 1,000 positions, scaled to the file's 24 x 64 x 14 x 14 positions.
+    layer, block = next(iter(iter_layer_blocks(path)))
+    vectors = metrics.channel_vectors(block)[:1000]
+    per_position = median_time(lambda: loop_metrics(vectors), 1) / len(vectors)
+    positions = CAIT_S24["layers"] * CAIT_S24["samples"] * CAIT_S24["height"] * CAIT_S24["width"]
+    loop_s = read_s + per_position * positions
+    shape = "24 layers x 64 samples x 384 ch x 14 x 14, float32, zlib 1"
+    return [
+        row("metrics: all three, one pass (stream_metrics)", "per-position loop (np.histogram, np.fft.fft), read "
+            "included; timed on 1,000 positions and scaled", ours_s, loop_s, loop_s / ours_s,
+            "speed-up (baseline / ours)", ">= 50x", loop_s / ours_s >= 50, file=shape, workers=workers),
+        row("metrics: all three, one pass (stream_metrics)", "reading the file once with xarray, nothing else",
+            ours_s, read_s, ours_s / read_s, "time ratio (ours / read)", "<= 2x", ours_s / read_s <= 2,
+            file=shape, workers=workers),
+        row("metrics: the three workflow rules (three reads, 1 thread each)", "reading the file once", rules_s,
+            read_s, rules_s / read_s, "time ratio (ours / read)", "(informational)", None, file=shape),
+    ]
+
+
+# -- memory ----------------------------------------------------------------------------------------
+MEMORY_CHILD = """
+import resource, sys
+from dyn import metrics
+import xarray, netCDF4, numpy
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+metrics.stream_metrics(sys.argv[1], metrics.METRICS, workers=int(sys.argv[2]))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(budget_mb: int = 512) -> list[dict]:
+    # 4x the budget: 24 x 280 x 384 x 14 x 14 float32 = 2.0 GB, uncompressed (to write it quickly).
+    path = synthetic_capture(OUT / "memory_2gb.nc", layers=24, samples=280, channels=384, height=14, width=14,
+                             compression_level=0)
+    size_mb = path.stat().st_size / 2**20
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(path), str(os.cpu_count() or 1)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    seconds = time.perf_counter() - started
+    after_imports_mb, peak_mb = (int(v) / 1024 for v in out)  # ru_maxrss is in KiB on Linux
+    path.unlink()
+    return [row(f"metrics over a {size_mb:.0f} MiB capture: peak resident memory (MiB)",
+                f"budget {budget_mb} MiB (file is {size_mb / budget_mb:.1f}x the budget)", peak_mb, budget_mb,
+                peak_mb / budget_mb, "peak / budget", "< 1", peak_mb < budget_mb,
+                after_imports_mb=round(after_imports_mb), seconds=round(seconds, 2))]
+
+
+# -- capture ---------------------------------------------------------------------------------------
+def bench_capture(repeats: int, arch: str = "deit_tiny_patch16_224", n: int = 64) -> list[dict]:
+    import timm
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from .capture import capture
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch).eval()
+    images = torch.randn(n, 3, 224, 224)
+    dataset = TensorDataset(images, torch.zeros(n, dtype=torch.long))
+
+    def bare():
+        with torch.inference_mode():
+            for start in range(0, n, 16):
+                model(images[start:start + 16])
+
+    def ours():
+        capture(model, dataset, OUT / "capture_bench.nc", {"model": arch}, samples_per_chunk=16)
+
+    bare_s = median_time(bare, repeats)
+    ours_s = median_time(ours, repeats)
+    (OUT / "capture_bench.nc").unlink(missing_ok=True)
+    return [row(f"capture: {arch}, {n} images (forward, features, NetCDF zlib 1)",
+                "bare forward of the same model and images, no features kept", ours_s, bare_s, bare_s / ours_s,
+                "throughput ratio (ours / bare)", ">= 0.8", bare_s / ours_s >= 0.8,
+                images_per_s=round(n / ours_s, 1), bare_images_per_s=round(n / bare_s, 1))]
+
+
+# -- training step ---------------------------------------------------------------------------------
+def reference_step_fn(student, teacher, pairs, alpha, temperature, beta, smoothing):
+    """What the paper's public code does per step: float32, teacher under no_grad with every block's
+    output kept, unfused AdamW, and .item() on each loss part every step."""
+    import torch
+    import torch.nn.functional as F
+
+    from .losses import spectral_loss
+    from .models import features
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05, foreach=False, fused=False)
+    s_layers = [s for s, _ in pairs]
+
+    def step(x, y):
+        with torch.no_grad():
+            t_logits, t_all = features(teacher, x, None, with_logits=True)
+        t_maps = [t_all[t] for _, t in pairs]
+        s_logits, s_maps = features(student, x, s_layers, with_logits=True)
+        ce = F.cross_entropy(s_logits, y, label_smoothing=smoothing)
+        kd = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.softmax(t_logits / temperature, -1),
+                      reduction="batchmean") * temperature ** 2
+        feat = spectral_loss(s_maps, t_maps)
+        loss = (1 - alpha) * ce + alpha * kd + beta * feat
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return [ce.item(), kd.item(), feat.item(), loss.item()]
+
+    return step
+
+
+def bench_train(repeats: int) -> list[dict]:
+    import timm
+    import torch
+
+    from . import models  # noqa: F401  (registers the embedded architectures)
+    from .data import build_dataset, build_transform, stack
+    from .recipe import Recipe, make_optimizer
+    from .tasks import LayerDistillationTask
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cait_digits").eval()
+    recipe = Recipe(batch_size=64, augment=False, num_workers=0, crop_pct=None, alpha=0.9, temperature=1.0)
+    pairs = [(0, 0), (7, 11)]  # First1+Last1
+    images, labels = stack(build_dataset({"name": "digits"}, "train",
+                                         build_transform(timm.create_model("deit_digits"), False, recipe.to_dict())))
+    batches = [(images[i:i + 64], labels[i:i + 64], torch.arange(i, min(i + 64, len(images))))
+               for i in range(0, len(images) - 63, 64)]
+
+    def make_ours(cache: bool):
+        torch.manual_seed(1)
+        task = LayerDistillationTask(timm.create_model("deit_digits"), teacher, pairs, "spectral", alpha=0.9,
+                                     temperature=1.0, beta=0.2, label_smoothing=0.1)
+        if cache:
+            task.build_teacher_cache(images, 512)
+        optimizer = make_optimizer(task.trainable_module, recipe)
+        task.train()
+
+        def epoch():
+            for x, y, index in batches:
+                out = task(x, y, index if cache else None)
+                optimizer.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                optimizer.step()
+        return epoch
+
+    def make_reference():
+        torch.manual_seed(1)
+        step = reference_step_fn(timm.create_model("deit_digits").train(), teacher, pairs, 0.9, 1.0, 0.2, 0.1)
+
+        def epoch():
+            for x, y, _ in batches:
+                step(x, y)
+        return epoch
+
+    runs = {"ours": make_ours(True), "ours_nocache": make_ours(False), "reference": make_reference()}
+    for fn in runs.values():  # warm-up
+        fn()
+    seconds = {name: median_time(fn, repeats) / len(batches) for name, fn in runs.items()}
+    what = "train step: SpectralKD First1+Last1, cait_digits -> deit_digits, batch 64, CPU"
+    base = "reference-style step: fp32, teacher no_grad with all intermediates, unfused AdamW, .item() per part"
+    return [
+        row(what + " (teacher cache on: the embedded default)", base, seconds["ours"], seconds["reference"],
+            seconds["reference"] / seconds["ours"], "speed-up (baseline / ours)", ">= 1.25x",
+            seconds["reference"] / seconds["ours"] >= 1.25),
+        row(what + " (teacher cache off)", base, seconds["ours_nocache"], seconds["reference"],
+            seconds["reference"] / seconds["ours_nocache"], "speed-up (baseline / ours)", "(informational)", None),
+    ]
+
+
+# -- workflow --------------------------------------------------------------------------------------
+def bench_dag(repeats: int) -> list[dict]:
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    config = yaml.safe_load((repo / "config" / "paper.yaml").read_text())
+    times: dict[int, list[float]] = {1: [], 5: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {}
+        for seeds in times:
+            config["distill"]["seeds"] = list(range(seeds))
+            path = Path(tmp) / f"paper_{seeds}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            commands[seeds] = [snakemake, "-n", "-q", "--cores", "4", "--configfile", str(path), "-d", tmp, "-s",
+                               str(repo / "workflow" / "Snakefile")]
+        subprocess.run(commands[1], check=True, capture_output=True)  # fills the model-depth cache, as any first run
+        for _ in range(repeats):  # interleaved, so a change in machine load hits both alike
+            for seeds, command in commands.items():
+                times[seeds].append(median_time(lambda: subprocess.run(command, check=True, capture_output=True), 1))
+    one, five = statistics.median(times[1]), statistics.median(times[5])
+    return [row("snakemake -n, config/paper.yaml with 5 seeds (89 jobs)", "the same with 1 seed (45 jobs)",
+                five, one, five / one, "time ratio (5 seeds / 1 seed)", "< 5 s for 5 seeds", five < 5.0)]
+
+
+# -- main ------------------------------------------------------------------------------------------
+def print_table(rows: list[dict]) -> None:
+    print(f"{'what':<78} {'ours s':>9} {'base s':>9} {'ratio':>8}  goal        met")
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+        print(f"{r['what'][:78]:<78} {r['ours_s']:>9.3f} {r['baseline_s']:>9.3f} {r['ratio']:>8.3f}  "
+              f"{r['goal']:<11} {met}")
+        print(f"{'   vs ' + r['baseline']:.110}   [{r['ratio_means']}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dyn.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="results/bench.json")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        print(f"dyn.bench: error: unknown section(s) {', '.join(unknown)}: valid are {', '.join(SECTIONS)}",
+              file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    for section in chosen:
+        t0 = time.perf_counter()
+        fn = {"metrics": lambda: bench_metrics(args.repeats), "memory": bench_memory,
+              "capture": lambda: bench_capture(args.repeats), "train": lambda: bench_train(args.repeats),
+              "dag": lambda: bench_dag(args.repeats)}[section]
+        new = fn()
+        for r in new:
+            r["section"] = section
+        rows += new
+        print(f"[{section}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    print_table(rows)
+    from .atomic import write_json
+
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+               "numpy": np.__version__, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                                            / 2**30, 1),
+               "load_average_at_end": os.getloadavg()}
+    write_json(args.out, {"machine": machine, "seconds": round(time.perf_counter() - started, 1), "rows": rows})
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
