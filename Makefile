@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test test-fast bench lint clean
+.PHONY: run test test-fast bench bench-gpu lint clean
 
 $(BIN)/dyn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(BIN)/dyn
 
 test-fast: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"
+
+bench: $(BIN)/dyn
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m dyn.bench
+
+bench-gpu: $(BIN)/dyn
+	$(BIN)/python -m dyn.bench_gpu --compile
 
 lint: $(BIN)/dyn
 	$(BIN)/snakemake --lint

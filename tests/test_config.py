@@ -68,6 +68,7 @@ def test_grid_expands_lists_and_seeds(default, schema):
     (lambda c: c["distill"]["runs"][1].update(epochs=0), "distill.runs[1].epochs"),
     (lambda c: c["models"]["cait"].update(epochs=0), "models.cait.epochs"),
     (lambda c: c["distill"]["runs"][1].update(layers="none"), "needs aligned layers"),
+    (lambda c: c["models"]["cait"].update(weights="ckpt/missing.pth"), "models.cait.weights: file not found"),
 ])
 def test_mistakes_end_in_one_line(default, schema, mutate, fragment):
     mutate(default)

@@ -79,6 +79,9 @@ def _check_references(config: dict) -> None:
     for key, model in models.items():
         if model["weights"] == "train" and model.get("epochs", 0) < 1:
             raise UserError(f"config error at models.{key}.epochs: weights is 'train', so epochs must be at least 1")
+        if _is_local_file(model["weights"]) and not Path(model["weights"]).is_file():
+            raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
+                            "(valid: train, hub, an existing file, or an http(s) URL)")
     for i, row in enumerate(config["distill"]["runs"]):
         for spec in _as_list(row.get("layers", "none")):
             try:
@@ -86,6 +89,10 @@ def _check_references(config: dict) -> None:
             except UserError as error:
                 raise UserError(f"config error at distill.runs[{i}].layers: {error}") from None
     run_specs(config)
+
+
+def _is_local_file(weights: str) -> bool:
+    return weights not in ("train", "hub") and not weights.startswith(("http://", "https://"))
 
 
 def _as_list(value) -> list:
