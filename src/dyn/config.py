@@ -79,7 +79,7 @@ def _check_references(config: dict) -> None:
     for key, model in models.items():
         if model["weights"] == "train" and model.get("epochs", 0) < 1:
             raise UserError(f"config error at models.{key}.epochs: weights is 'train', so epochs must be at least 1")
-        if _is_local_file(model["weights"]) and not Path(model["weights"]).is_file():
+        if weights_kind(model["weights"]) == "path" and not Path(model["weights"]).is_file():
             raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
                             "(valid: train, hub, an existing file, or an http(s) URL)")
     for i, row in enumerate(config["distill"]["runs"]):
@@ -91,8 +91,13 @@ def _check_references(config: dict) -> None:
     run_specs(config)
 
 
-def _is_local_file(weights: str) -> bool:
-    return weights not in ("train", "hub") and not weights.startswith(("http://", "https://"))
+def weights_kind(weights: str) -> str:
+    """'train', 'hub', 'url' or 'path'."""
+    if weights in ("train", "hub"):
+        return weights
+    if weights.startswith(("http://", "https://")):
+        return "url"
+    return "path"
 
 
 def _as_list(value) -> list:

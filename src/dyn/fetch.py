@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .atomic import atomic_path, write_json
+from .config import weights_kind
 from .data import build_dataset, num_classes
 from .errors import UserError
 from .models import create_model, sha256_of
@@ -26,15 +27,6 @@ from .state import clear_state, fingerprint_of, seed_everything
 from .train import evaluate, fit, split_batches
 
 log = logging.getLogger("dyn")
-
-
-def weights_kind(weights: str) -> str:
-    """'train', 'hub', 'url' or 'path'."""
-    if weights in ("train", "hub"):
-        return weights
-    if weights.startswith(("http://", "https://")):
-        return "url"
-    return "path"
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> str:
