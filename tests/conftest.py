@@ -1,9 +1,11 @@
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,3 +31,15 @@ def env() -> dict:
 
 def tool(name: str) -> str:
     return str(BIN / name) if (BIN / name).exists() else shutil.which(name) or name
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> Path:
+    """An untrained cait_digits checkpoint (fixed seed), as `dyn fetch` would write it."""
+    from dyn.fetch import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"
+    save_weights(timm.create_model("cait_digits"), path)
+    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
+    return path

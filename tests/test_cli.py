@@ -1,11 +1,9 @@
 import json
 import subprocess
 
-import pytest
 import timm
 import torch
 
-from dyn.fetch import save_weights
 
 from conftest import tool
 
@@ -19,14 +17,6 @@ def _one_line_error(result, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert fragment in lines[0]
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "cait.safetensors"
-    save_weights(timm.create_model("cait_digits"), path)
-    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
-    return path
 
 
 DISTILL = ["distill", "--method", "spectral", "--beta", "0.2", "--epochs", "1", "--teacher-arch", "cait_digits",

@@ -8,26 +8,15 @@ import sys
 import time
 
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file
 
-from dyn.fetch import save_weights
 
 from conftest import tool
 
 DIGITS = '{"name": "digits"}'
 TRAIN = json.dumps(dict(batch_size=64, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
                         eval_batch_size=512, crop_pct=None))
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"
-    save_weights(timm.create_model("cait_digits"), path)
-    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
-    return path
 
 
 def distill_args(teacher, out, epochs, train=TRAIN, extra=()):

@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -8,7 +7,6 @@ from safetensors.torch import load_file
 
 import dyn.train
 from dyn.distill import distill
-from dyn.fetch import save_weights
 from dyn.recipe import Recipe
 from dyn.runs import RunSpec
 from dyn.train import NonFiniteLoss
@@ -16,15 +14,6 @@ from dyn.train import NonFiniteLoss
 DIGITS = {"name": "digits"}
 RECIPE = dict(batch_size=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
               alpha=0.9, temperature=1.0, eval_batch_size=512, crop_pct=None)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"
-    save_weights(timm.create_model("cait_digits"), path)
-    path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
-    return path
 
 
 def _run(teacher, out, spec, state=None, **recipe):

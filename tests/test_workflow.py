@@ -3,7 +3,6 @@ import csv
 import json
 import math
 import re
-import shutil
 import subprocess
 
 import numpy as np

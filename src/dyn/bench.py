@@ -9,7 +9,6 @@ the ratios are the numbers to compare. The GPU training-step benchmark is `pytho
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
