@@ -30,6 +30,9 @@ ANALYSIS = config["analysis"]
 RUN_GPUS = config["distill"]["gpus"]
 # Fetching (training or evaluating) and capturing use one GPU, unless everything runs on the CPU.
 ONE_GPU = 0 if config["device"] == "cpu" else 1
+# What a distillation run and a fetch ask a cluster for besides GPUs (profiles/slurm); the other
+# jobs take the profile's default-resources.
+RESOURCES = config["resources"]
 
 
 def as_json(value):

@@ -28,6 +28,9 @@ rule distill:
     threads: config["distill"]["threads"]
     resources:
         gpu=RUN_GPUS,
+        cpus_per_gpu=RESOURCES["distill"]["cpus_per_gpu"],
+        mem_mb=RESOURCES["distill"]["mem_mb"],
+        runtime=RESOURCES["distill"]["runtime"],
     shell:
         "{params.launch} distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
         " --epochs {params.spec.epochs} --seed {params.spec.seed}"

@@ -23,6 +23,9 @@ rule fetch:
     threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
     resources:
         gpu=ONE_GPU,
+        cpus_per_gpu=RESOURCES["fetch"]["cpus_per_gpu"],
+        mem_mb=RESOURCES["fetch"]["mem_mb"],
+        runtime=RESOURCES["fetch"]["runtime"],
     shell:
         "{params.launch} fetch --name {wildcards.model} --arch {params.arch:q} --weights {params.weights:q}"
         " --epochs {params.epochs} --seed {params.seed} {params.evaluate} --out {output.checkpoint}"
