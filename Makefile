@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 $(BIN)/dyn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,slurm]"
 	touch $@
 
 run: $(BIN)/dyn
