@@ -1,0 +1,323 @@
+"""SLURM execution through profiles/slurm, on a real single-node Slurm cluster started by the tests.
+
+`slurm_cluster` starts munged, slurmctld and slurmd (Debian's `munge` and `slurm-wlm`, installed by
+.ci/run) on 127.0.0.1 with a generated slurm.conf in a temp dir and no accounting database, and stops
+them by their PIDs at the end. Its node has stand-in GPUs (Slurm GRES on /dev/null), so the jobs ask
+for GPUs as on a GPU cluster: two per distillation run, which starts torchrun on them itself (gloo on
+the CPU here), one per fetch and capture. If Slurm cannot be brought up the tests fail; skip them
+with `-m "not slurm"`.
+
+One workflow run serves both tests, because on two cores it costs a minute or two (each Slurm job
+starts Snakemake twice): the whole DAG of a tiny config through the profile, with one distillation run
+cancelled by `scancel` after its first finished epoch, which the profile's retries submit again.
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, tool
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
+PROGRAMS = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "srun"]
+NODE = "dyn-node"
+GPUS = 8                 # stand-in GPUs of the node
+LONG_RUN, LONG_EPOCHS = "softkd_none_b0_e6_s0", 6   # the run that is cancelled part-way
+
+TINY = {
+    "dataset": {"name": "digits"},
+    "models": {"cait": {"arch": "cait_digits", "weights": "train", "epochs": 1},
+               "deit": {"arch": "deit_digits", "weights": "train", "epochs": 1}},
+    "analysis": {"models": ["cait"], "num_images": 8, "samples_per_chunk": 4},
+    "train": {"batch_size": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": False,
+              "num_workers": 0, "eval_batch_size": 512, "crop_pct": None},
+    # Two GPUs per run: torchrun with two processes in one Slurm task.
+    "distill": {"teacher": "cait", "student": "deit", "evolution_every": 1, "gpus": 2, "runs": [
+        {"method": "spectral", "layers": "First1+Last1", "beta": 0.2, "epochs": 2},
+        {"method": "softkd", "epochs": LONG_EPOCHS}]},
+    "resources": {"distill": {"cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 10},
+                  "fetch": {"cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 10}},
+}
+RULES = ["fetch", "capture", "spectrum", "entropy", "magnitude", "distill", "table1", "figure_profiles",
+         "figure_spectrum", "figure_evolution"]
+
+
+@dataclass
+class Cluster:
+    conf: Path
+    env: dict
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{' '.join(args)}: {result.stderr.strip()}"
+        return result.stdout
+
+    def jobs(self) -> list[dict]:
+        """Every job slurmctld still knows (MinJobAge keeps finished ones for an hour)."""
+        out = self.run("squeue", "--noheader", "--states=all", "--format=%i|%T|%j|%k")
+        return [dict(zip(("id", "state", "name", "comment"), line.split("|", 3))) for line in out.splitlines()]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _node_line(slurmd: str) -> str:
+    """This machine's CPUs and memory as slurmd sees them (`slurmd -C`), under the name NODE."""
+    out = subprocess.run([slurmd, "-C"], capture_output=True, text=True, timeout=30).stdout
+    hw = dict(re.findall(r"(\w+)=(\S+)", out.splitlines()[0]))
+    cpus = int(hw["CPUs"])
+    memory = int(int(hw["RealMemory"]) * 0.9)
+    # Four Slurm CPUs per core (config_overrides lets slurmd accept them): the jobs are mostly Python
+    # start-up and share the cores. Memory is not a consumable here (CR_Core), only a bound per job.
+    return (f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={4 * cpus} Sockets={4 * cpus} CoresPerSocket=1 "
+            f"ThreadsPerCore=1 RealMemory={memory} Gres=gpu:{GPUS} State=UNKNOWN")
+
+
+def _slurm_conf(d: Path, slurmd: str) -> str:
+    ctld_port, slurmd_port = _free_ports(2)
+    return "\n".join([
+        "ClusterName=dyntest",
+        f"SlurmctldHost={socket.gethostname().split('.')[0]}(127.0.0.1)",
+        f"SlurmctldPort={ctld_port}",
+        f"SlurmdPort={slurmd_port}",
+        "AuthType=auth/munge",
+        f"AuthInfo=socket={d / 'munge.sock'}",
+        "SlurmUser=root",
+        f"StateSaveLocation={d / 'state'}",
+        f"SlurmdSpoolDir={d / 'spool'}",
+        f"SlurmctldPidFile={d / 'slurmctld.pid'}",
+        f"SlurmdPidFile={d / 'slurmd.pid'}",
+        f"SlurmctldLogFile={d / 'slurmctld.log'}",
+        f"SlurmdLogFile={d / 'slurmd.log'}",
+        "SlurmdParameters=config_overrides",
+        "GresTypes=gpu",
+        # No cgroups in a container: plain process tracking, no task binding, no accounting database.
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none",
+        "MpiDefault=none",
+        "MailProg=/bin/true",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "SchedulerType=sched/backfill",
+        "SchedulerParameters=sched_interval=1",
+        # squeue is the status command without accounting: finished jobs must stay visible long enough.
+        "MinJobAge=3600",
+        "ReturnToService=2",
+        "KillWait=5",
+        _node_line(slurmd),
+        f"PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
+        "",
+    ])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    exe = {name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") for name in PROGRAMS}
+    missing = [name for name, path in exe.items() if not path]
+    if missing:
+        pytest.fail(f"Slurm is not installed (missing {', '.join(missing)}): as root, "
+                    "`apt-get install slurm-wlm munge` (.ci/run does), or skip these tests with -m 'not slurm'",
+                    pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm tests start slurmd, which must run as root; skip them with -m 'not slurm'",
+                    pytrace=False)
+    d = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool", "bin"):
+        (d / sub).mkdir()
+    key = d / "munge.key"
+    key.write_bytes(os.urandom(128))
+    key.chmod(0o600)
+    conf = d / "slurm.conf"
+    conf.write_text(_slurm_conf(d, exe["slurmd"]))
+    # Stand-in GPUs: slurmd wants a device file per GPU; with no cgroups nothing is opened.
+    for i in range(GPUS):
+        (d / f"gpu{i}").symlink_to("/dev/null")
+    (d / "gres.conf").write_text(f"AutoDetect=off\nNodeName={NODE} Name=gpu File={d}/gpu[0-{GPUS - 1}]\n")
+    # The jobstep plugin clears SLURM_* (SLURM_CONF too) before the srun inside each job; a real cluster
+    # keeps slurm.conf in /etc/slurm, this one in a temp dir, so a shim points that srun at it.
+    srun = d / "bin" / "srun"
+    srun.write_text(f'#!/bin/sh\nSLURM_CONF="{conf}" exec "{exe["srun"]}" "$@"\n')
+    srun.chmod(0o755)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env.update(SLURM_CONF=str(conf), PATH=os.pathsep.join([str(d / "bin"), str(BIN), os.environ.get("PATH", "")]))
+    log = (d / "daemons.log").open("w")
+    procs = []
+
+    def start(*args):
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    cluster = Cluster(conf, env)
+    try:
+        # -f: munged runs as root here; its files stay in the temp dir.
+        start(exe["munged"], "--foreground", "--force", f"--socket={d / 'munge.sock'}", f"--key-file={key}",
+              f"--pid-file={d / 'munged.pid'}", f"--seed-file={d / 'munged.seed'}", f"--log-file={d / 'munged.log'}")
+        _wait(lambda: (d / "munge.sock").exists(), 20, "munged did not create its socket", d)
+        start(exe["slurmctld"], "-D", "-i", "-f", str(conf))
+        start(exe["slurmd"], "-D", "-N", NODE, "-f", str(conf))
+        _wait(lambda: _node_idle(cluster), 60, "the Slurm node did not become idle", d)
+        yield cluster
+    finally:
+        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True, timeout=30)
+        for proc in reversed(procs):  # slurmd, slurmctld, munged: each by its own PID
+            _stop(proc)
+        log.close()
+
+
+def _node_idle(cluster: Cluster) -> bool:
+    result = subprocess.run(["sinfo", "--noheader", "--format=%T"], env=cluster.env, capture_output=True,
+                            text=True, timeout=30)
+    return result.returncode == 0 and result.stdout.strip() == "idle"
+
+
+def _wait(condition, seconds: float, what: str, d: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(d.glob("*.log")))
+    pytest.fail(f"{what} within {seconds} s\n{logs}", pytrace=False)
+
+
+@dataclass
+class WorkflowRun:
+    workdir: Path
+    returncode: int
+    output: str
+    cancelled: str | None      # Slurm job id of the cancelled distillation job
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory) -> WorkflowRun:
+    """The tiny config through `snakemake --profile profiles/slurm`, with LONG_RUN cancelled once."""
+    workdir = tmp_path_factory.mktemp("slurm-workflow")
+    (workdir / "config").mkdir()
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    args = [tool("snakemake"), "-s", str(REPO / "workflow" / "Snakefile"), "--profile", str(REPO / "profiles" / "slurm"),
+            # The test cluster has no accounting database (no sacct): squeue reports the states.
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+            "--slurm-keep-successful-logs"]
+    state = workdir / "results" / "state" / LONG_RUN / "last.pt"
+    cancelled = None
+    with (workdir / "snakemake.out").open("w+") as out:
+        proc = subprocess.Popen(args, cwd=workdir, env=slurm_cluster.env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 900
+        try:
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, "the workflow did not finish in 15 min"
+                if cancelled is None and state.exists():
+                    # Its first epoch is saved: cancel the job, as a preemption would.
+                    running = [j for j in slurm_cluster.jobs() if j["state"] == "RUNNING"
+                               and j["comment"] == f"rule_distill_wildcards_{LONG_RUN}"]
+                    if running:
+                        cancelled = running[0]["id"]
+                        slurm_cluster.run("scancel", cancelled)
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+        out.seek(0)
+        output = out.read()
+    return WorkflowRun(workdir, proc.returncode, output, cancelled)
+
+
+def submitted(output: str) -> dict[str, list[str]]:
+    """Slurm job ids by rule, from the plugin's 'submitted with SLURM jobid' lines."""
+    jobs: dict[str, list[str]] = {}
+    for job_id, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+?)/", output):
+        jobs.setdefault(rule, []).append(job_id)
+    return jobs
+
+
+def test_whole_dag_runs_as_slurm_jobs(slurm_cluster, slurm_run):
+    assert slurm_run.returncode == 0, slurm_run.output[-4000:]
+    results = slurm_run.workdir / "results"
+    rows = list(csv.DictReader((results / "table1.csv").open()))
+    assert [r["run"] for r in rows] == ["spectral_First1+Last1_b0.2_e2_s0", LONG_RUN]
+    for name in ["profiles", "evolution", "spectrum_cait"]:
+        assert (results / "figures" / f"{name}.png").stat().st_size > 1000
+    for metric in ["spectrum", "entropy", "magnitude"]:
+        assert (results / "metrics" / "cait" / f"{metric}.nc").is_file()
+
+    # Every job of every rule went through sbatch and completed as a Slurm job of this workflow run.
+    by_rule = submitted(slurm_run.output)
+    assert set(by_rule) == set(RULES), by_rule
+    run_uuid = re.search(r"SLURM run ID: (\S+)", slurm_run.output).group(1)
+    slurm_jobs = {j["id"]: j for j in slurm_cluster.jobs()}
+    for rule, ids in by_rule.items():
+        for job_id in ids:
+            job = slurm_jobs[job_id]
+            assert job["name"] == run_uuid and job["comment"].startswith(f"rule_{rule}")
+            assert job["state"] == ("CANCELLED" if job_id == slurm_run.cancelled else "COMPLETED"), job
+    # Each job asked for its GPUs in one Slurm task (tasks_per_gpu: 0), not one task per GPU, and a
+    # distillation run started its two processes itself.
+    for rule, gpus in {"distill": 2, "fetch": 1, "capture": 1}.items():
+        for job_id in by_rule[rule]:
+            record = slurm_cluster.run("scontrol", "show", "job", "--oneliner", job_id)
+            assert re.search(rf"TresPerJob=\S*gpu:{gpus}\b", record) and " NumTasks=1 " in record, record
+    for run in ("spectral_First1+Last1_b0.2_e2_s0", LONG_RUN):
+        assert json.loads((results / "runs" / run / "summary.json").read_text())["world_size"] == 2
+    # Each job's Slurm log (kept by --slurm-keep-successful-logs) shows the rule running inside Slurm.
+    logs = slurm_run.workdir / ".snakemake" / "slurm_logs"
+    for rule in ["distill", "capture", "figure_profiles"]:
+        for job_id in by_rule[rule]:
+            log = next(logs.glob(f"rule_{rule}/**/{job_id}.log")).read_text()
+            assert f"rule {rule}:" in log
+    assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
+
+
+def test_cancelled_distillation_resumes_after_its_last_epoch(slurm_run):
+    assert slurm_run.cancelled, f"{LONG_RUN} was never seen running with a saved epoch:\n{slurm_run.output[-3000:]}"
+    assert slurm_run.returncode == 0, slurm_run.output[-4000:]
+    # Slurm reported the cancellation, and the profile's retries submitted the run again.
+    assert f"SLURM-job '{slurm_run.cancelled}' failed, SLURM status is: 'CANCELLED'" in slurm_run.output
+    attempts = [job_id for job_id, wc in re.findall(
+        r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_distill/([^/]+)/", slurm_run.output)
+        if wc == LONG_RUN]
+    assert len(attempts) == 2 and attempts[0] == slurm_run.cancelled
+
+    # The second attempt resumed after the last epoch the first one finished, and trained only the rest.
+    log = (slurm_run.workdir / "results" / "logs" / "distill" / f"{LONG_RUN}.log").read_text()
+    resumed = re.search(rf"resumed from \S+/{LONG_RUN}/last\.pt after epoch (\d+) of {LONG_EPOCHS}", log)
+    assert resumed, log[-3000:]
+    done = int(resumed.group(1))
+    assert 1 <= done < LONG_EPOCHS
+    trained = [int(e) for e in re.findall(rf"epoch (\d+)/{LONG_EPOCHS} ", log)]
+    assert trained == list(range(done + 1, LONG_EPOCHS + 1))
+    rows = list(csv.DictReader((slurm_run.workdir / "results" / "runs" / LONG_RUN / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, LONG_EPOCHS + 1))
