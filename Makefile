@@ -17,8 +17,10 @@ $(BIN)/dyn: pyproject.toml
 run: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
+# Two workers, one test file each at a time: the Slurm test spends most of its time waiting on the
+# scheduler, and the other files run meanwhile.
 test: $(BIN)/dyn
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n 2 --dist loadfile
 
 test-fast: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"

@@ -1,5 +1,7 @@
 """Run a model over fixed images and stream its per-layer activations into a NetCDF file.
 
+Reading needs no torch (metric jobs start faster); capturing imports it when called.
+
 Contract (ARCHITECTURE.md): variable `activation` with dims (layer, sample, channel, y, x),
 zlib-compressed, chunked by (1 layer, a block of samples); coords `layer` and `sample`;
 attrs model, checkpoint_sha256, dataset, split, layer_kind, dyn_version, created.
@@ -14,18 +16,21 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .models import features, layer_kind
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # NetCDF has no half-precision type: float16 captures store the IEEE half bit patterns as uint16
-# (attribute `dyn_encoding`), and `iter_layer_blocks` / `read_activation` view them back as float16.
+# (attribute `dyn_encoding`), and `iter_layer_blocks` / `decode` view them back as float16.
 FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float16"
 _STORAGE = {"float32": ("f4", np.float32), "float16": ("u2", np.uint16)}
 
@@ -62,9 +67,9 @@ class CaptureWriter:
         self._atomic.__exit__(*exc)
 
 
-def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, attrs: dict,
+def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike, attrs: dict,
             dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1,
-            device: str | torch.device = "cpu", progress: bool = False) -> Path:
+            device: "str | torch.device" = "cpu", progress: bool = False) -> Path:
     """Write the activations of every layer of `model` on `images` to `path` (atomically).
 
     The model computes batch i+1 while a background thread compresses and writes batch i: zlib
@@ -72,6 +77,11 @@ def capture(model: torch.nn.Module, images: Dataset, path: str | os.PathLike, at
     """
     import queue
     import threading
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .models import features, layer_kind
 
     model = model.eval().to(device)
     # Batches of exactly one chunk, so each write fills whole chunks (no read-modify-write).

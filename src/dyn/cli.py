@@ -115,7 +115,7 @@ def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, c
 @threads_option
 def metrics(name, capture_path, out, bins, samples_per_chunk, threads):
     """Compute one per-layer metric (spectrum, entropy or magnitude) of a capture file."""
-    _setup(threads)
+    _setup(None)  # no torch here: --threads is the number of worker threads
     from .metrics import write_metric
 
     if not Path(capture_path).is_file():
