@@ -167,11 +167,21 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
 
     from .capture import iter_layer_blocks
 
-    summarise = {name: layer_metric_sum(name, bins) for name in names}
+    for name in names:
+        layer_metric_sum(name, bins)  # an unknown name fails before the file is opened
     totals: dict[str, dict[int, list]] = {name: {} for name in names}
 
     def summarise_block(block):
-        return {name: function(block) for name, function in summarise.items()}
+        sums = {}
+        if "spectrum" in names or "entropy" in names:
+            vectors = channel_vectors(block)  # one channels-last copy for both
+            if "spectrum" in names:
+                sums["spectrum"] = spectrum_sum(vectors)
+            if "entropy" in names:
+                sums["entropy"] = entropy_sum(vectors, bins)
+        if "magnitude" in names:
+            sums["magnitude"] = magnitude_sum(block)
+        return sums
 
     def add(layer, sums):
         for name, (value, n) in sums.items():
@@ -200,7 +210,6 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
 def stream_metric(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,
                   samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> np.ndarray | list:
     """One metric of a capture file (see stream_metrics)."""
-    layer_metric_sum(name, bins)  # an unknown name fails before the file is opened
     return stream_metrics(capture_path, (name,), bins, samples_per_chunk, progress, workers)[name]
 
 
