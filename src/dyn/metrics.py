@@ -13,8 +13,6 @@ file can be streamed chunk by chunk and the chunks' sums added up.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 METRICS = ("spectrum", "entropy", "magnitude")
@@ -142,17 +140,6 @@ def activation_magnitude(a) -> float:
     return total / n
 
 
-def layer_metric_sum(name: str, bins: int = DEFAULT_BINS) -> Callable[[np.ndarray], tuple]:
-    """The `*_sum` function of a metric, taking one (samples, C, H, W) block of a layer."""
-    if name == "spectrum":
-        return lambda block: spectrum_sum(channel_vectors(block, 1))
-    if name == "entropy":
-        return lambda block: entropy_sum(channel_vectors(block, 1), bins)
-    if name == "magnitude":
-        return magnitude_sum
-    raise ValueError(f"unknown metric '{name}': valid metrics are {', '.join(METRICS)}")
-
-
 def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_BINS,
                    samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> dict:
     """Per-layer values of several metrics over a capture file, in one pass over its blocks.
@@ -167,8 +154,9 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
 
     from .capture import iter_layer_blocks
 
-    for name in names:
-        layer_metric_sum(name, bins)  # an unknown name fails before the file is opened
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:  # before the file is opened
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}: valid metrics are {', '.join(METRICS)}")
     totals: dict[str, dict[int, list]] = {name: {} for name in names}
 
     def summarise_block(block):
