@@ -111,7 +111,8 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         optimizer = make_optimizer(task.trainable_module, recipe, world.size)
         scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
         state_path = Path(state_path) if state_path else None
-        fingerprint = fingerprint_of(spec, teacher_arch, sha256_of(teacher_checkpoint), student_arch, dataset_cfg,
+        teacher_sha256 = sha256_of(teacher_checkpoint)
+        fingerprint = fingerprint_of(spec, teacher_arch, teacher_sha256, student_arch, dataset_cfg,
                                      recipe.to_dict(), num_images, bins, evolution_every, world.size)
         history = fit(task, optimizer, scheduler, train, val, spec.epochs, world,
                       snapshot=lambda model: layer_profile(model, snapshot_images, bins),
@@ -119,8 +120,8 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
                       amp=recipe.amp, log_interval=recipe.log_interval)
         if not world.is_main:
             return None
-        summary = _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, student_arch,
-                             dataset_cfg, recipe, world, num_images, bins, evolution_every,
+        summary = _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, teacher_sha256,
+                             student_arch, dataset_cfg, recipe, world, num_images, bins, evolution_every,
                              time.perf_counter() - started)
         clear_state(state_path)
         return summary
@@ -129,8 +130,8 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         distributed.shutdown(world)
 
 
-def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
-               recipe, world, num_images, bins, evolution_every, wall_seconds) -> dict:
+def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, teacher_sha256, student_arch,
+               dataset_cfg, recipe, world, num_images, bins, evolution_every, wall_seconds) -> dict:
     """The run directory's files; summary.json last, so that a summary means a complete run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
@@ -160,7 +161,7 @@ def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkp
         "global_batch_size": recipe.batch_size * world.size, "lr": recipe.lr(world.size),
         "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.batch_size * world.size} / {recipe.lr_base_size}",
         "recipe": recipe.to_dict(), "dataset": dataset_cfg, "teacher_checkpoint": str(teacher_checkpoint),
-        "teacher_sha256": sha256_of(teacher_checkpoint), "num_images": num_images, "bins": bins,
+        "teacher_sha256": teacher_sha256, "num_images": num_images, "bins": bins,
         "evolution_every": evolution_every,
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
