@@ -8,6 +8,8 @@ import pytest
 import timm
 import torch
 
+import dyn.models  # noqa: F401  (registers the embedded architectures with timm for every test)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
