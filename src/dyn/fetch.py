@@ -19,10 +19,9 @@ from .atomic import atomic_path, write_json
 from .config import weights_kind
 from .data import build_dataset, num_classes
 from .errors import UserError
-from .models import create_model, sha256_of
-from .recipe import Recipe
 from .distributed import World, init
-from .recipe import make_optimizer, make_scheduler
+from .models import create_model, sha256_of
+from .recipe import Recipe, make_optimizer, make_scheduler
 from .state import clear_state, fingerprint_of, seed_everything
 from .train import evaluate, fit, split_batches
 
@@ -37,13 +36,12 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> str:
     return sha256_of(path)
 
 
-def train_from_scratch(arch: str, dataset_cfg: dict, recipe: Recipe, epochs: int, seed: int,
+def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Recipe, epochs: int, seed: int,
                        world: World, state_path: Path | None = None) -> torch.nn.Module:
     """Train a model on the configured dataset with plain cross-entropy (timm's ClassificationTask)."""
     from timm.task import ClassificationTask
 
     seed_everything(seed)
-    n_classes = num_classes(build_dataset(dataset_cfg, "val"))
     model = create_model(arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
     train, val = split_batches(dataset_cfg, model, recipe, seed)
     task = ClassificationTask(model, criterion_kwargs=dict(smoothing=recipe.label_smoothing),
@@ -67,7 +65,7 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
     if kind == "train":
         if epochs < 1:
             raise UserError(f"model '{name}' has weights: train but epochs is {epochs}; set models.{name}.epochs >= 1")
-        model = train_from_scratch(arch, dataset_cfg, recipe, epochs, seed, world, state_path)
+        model = train_from_scratch(arch, n_classes, dataset_cfg, recipe, epochs, seed, world, state_path)
         source = f"trained here: {epochs} epochs on {dataset_cfg.get('name')}, seed {seed}"
     elif kind == "hub":
         model = create_model(arch, num_classes=n_classes, hub=True)
