@@ -78,7 +78,10 @@ class Batches:
         return order[self.world.rank::self.world.size]
 
     def __len__(self) -> int:
-        n = len(self.indices(0))
+        n = len(self.dataset)
+        size, rank = self.world.size, self.world.rank
+        # As many samples as `indices` gives this process, without drawing a permutation.
+        n = math.ceil(n / size) if self.shuffle else len(range(rank, n, size))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
