@@ -140,6 +140,42 @@ def activation_magnitude(a) -> float:
     return total / n
 
 
+def block_sums(block, names=METRICS, bins: int = DEFAULT_BINS) -> dict[str, tuple]:
+    """{metric: (sum, count)} of one (samples, C, H, W) block (numpy array or torch tensor) of a layer."""
+    block = _as_numpy(block)
+    sums = {}
+    if "spectrum" in names or "entropy" in names:
+        vectors = channel_vectors(block)  # one channels-last copy for both
+        if "spectrum" in names:
+            sums["spectrum"] = spectrum_sum(vectors)
+        if "entropy" in names:
+            sums["entropy"] = entropy_sum(vectors, bins)
+    if "magnitude" in names:
+        sums["magnitude"] = magnitude_sum(block)
+    return sums
+
+
+class LayerMeans:
+    """Per-layer sums and counts of several metrics, added block by block, read back as means."""
+
+    def __init__(self):
+        self.totals: dict[str, dict[int, list]] = {}
+
+    def add(self, layer: int, sums: dict[str, tuple]) -> None:
+        for name, (value, n) in sums.items():
+            slot = self.totals.setdefault(name, {}).setdefault(layer, [0.0, 0])
+            slot[0] = slot[0] + value
+            slot[1] += n
+
+    def means(self) -> dict:
+        """{name: per-layer means}: a list of arrays for the spectrum, a float array otherwise."""
+        out = {}
+        for name, per_layer in self.totals.items():
+            values = [per_layer[layer][0] / per_layer[layer][1] for layer in sorted(per_layer)]
+            out[name] = values if name == "spectrum" else np.asarray(values, dtype=np.float64)
+        return out
+
+
 def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_BINS,
                    samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> dict:
     """Per-layer values of several metrics over a capture file, in one pass over its blocks.
@@ -157,42 +193,19 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: valid metrics are {', '.join(METRICS)}")
-    totals: dict[str, dict[int, list]] = {name: {} for name in names}
-
-    def summarise_block(block):
-        sums = {}
-        if "spectrum" in names or "entropy" in names:
-            vectors = channel_vectors(block)  # one channels-last copy for both
-            if "spectrum" in names:
-                sums["spectrum"] = spectrum_sum(vectors)
-            if "entropy" in names:
-                sums["entropy"] = entropy_sum(vectors, bins)
-        if "magnitude" in names:
-            sums["magnitude"] = magnitude_sum(block)
-        return sums
-
-    def add(layer, sums):
-        for name, (value, n) in sums.items():
-            slot = totals[name].setdefault(layer, [0.0, 0])
-            slot[0] = slot[0] + value
-            slot[1] += n
-
+    means = LayerMeans()
     blocks = iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc="+".join(names),
                                prefetch=True)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
         for layer, block in blocks:
-            pending.append((layer, pool.submit(summarise_block, block)))
+            pending.append((layer, pool.submit(block_sums, block, names, bins)))
             while len(pending) > workers:  # at most `workers` blocks in flight
                 done_layer, future = pending.popleft()
-                add(done_layer, future.result())
+                means.add(done_layer, future.result())
         for done_layer, future in pending:
-            add(done_layer, future.result())
-    out = {}
-    for name, per_layer in totals.items():
-        values = [per_layer[layer][0] / per_layer[layer][1] for layer in sorted(per_layer)]
-        out[name] = values if name == "spectrum" else np.asarray(values, dtype=np.float64)
-    return out
+            means.add(done_layer, future.result())
+    return means.means()
 
 
 def stream_metric(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS,

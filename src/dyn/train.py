@@ -121,20 +121,14 @@ def layer_profile(model: nn.Module, images: torch.Tensor, bins: int = metrics.DE
     """Per-layer entropy and magnitude of `model` on fixed images (all layers), as in the analysis."""
     was_training = model.training
     model.eval()
-    sums: dict[str, list] = {}
+    means = metrics.LayerMeans()
     device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            maps = features(model, images[start:start + batch_size].to(device))
-            for layer, fmap in enumerate(maps):
-                entropy = metrics.entropy_sum(metrics.channel_vectors(fmap), bins)
-                magnitude = metrics.magnitude_sum(fmap)
-                for name, (total, n) in (("entropy", entropy), ("magnitude", magnitude)):
-                    slot = sums.setdefault(name, [[0.0, 0] for _ in maps])[layer]
-                    slot[0] += total
-                    slot[1] += n
+            for layer, fmap in enumerate(features(model, images[start:start + batch_size].to(device))):
+                means.add(layer, metrics.block_sums(fmap, ("entropy", "magnitude"), bins))
     model.train(was_training)
-    return {name: np.array([t / n for t, n in per_layer]) for name, per_layer in sums.items()}
+    return means.means()
 
 
 # -- the loop --------------------------------------------------------------------------------------
