@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One device session's checks, run from the repository root on a CUDA machine:
+#   1. the GPU training-step benchmark (python -m dyn.bench_gpu --compile);
+#   2. the CUDA paths of the real CLI on the embedded digits: teacher training, SpectralKD with bf16
+#      and EMA, ProjectorKD with torch.compile, torchrun + NCCL, a GPU slot, capture + metrics;
+#   3. the same SpectralKD run in float32 on the CPU, to compare accuracy with the bf16 GPU run.
+# Usage: scripts/gpu_check.sh OUT_DIR [DEVICE]   (DEVICE=cpu makes it a quick smoke test of this script)
+set -uo pipefail
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [DEVICE]}
+dev=${2:-cuda}
+epochs=${EPOCHS:-10}
+mkdir -p "$out"
+work=$(mktemp -d)
+py=${PYTHON:-python3}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME COMMAND...: run, log to $out/NAME.log, report the time and exit code
+    local name=$1; shift
+    local started=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    printf '%-22s rc=%d %4ds\n' "$name" "$rc" "$((SECONDS - started))" | tee -a "$out/summary.txt"
+    [ $rc -eq 0 ] || { status=1; tail -5 "$out/$name.log"; }
+}
+
+{ nvidia-smi -L 2>/dev/null; $py -c 'import torch, timm, numpy; print("torch", torch.__version__, "timm", timm.__version__, "numpy", numpy.__version__, "cuda", torch.cuda.is_available())'; } | tee "$out/summary.txt"
+
+if [ "$dev" = cuda ]; then
+    step bench_gpu $py -m dyn.bench_gpu --compile --out "$out/bench_gpu.json"
+else
+    step bench_gpu $py -m dyn.bench_gpu --device cpu --batch 2 --steps 1 --warmup 1 --out "$out/bench_gpu.json"
+fi
+
+digits='{"name": "digits"}'
+train='{"batch_size": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": false, "num_workers": 0, "eval_batch_size": 512, "crop_pct": null'
+distill() {  # distill OUT_DIR DEVICE EXTRA_TRAIN_JSON ARGS...
+    local dir=$1 device=$2 extra=$3; shift 3
+    $py -m dyn.cli distill --layers First1+Last1 --beta 0.2 --epochs "$epochs" --teacher-arch cait_digits \
+        --teacher-checkpoint "$work/cait.safetensors" --student-arch deit_digits --out-dir "$dir" \
+        --num-images 16 --evolution-every 5 --dataset "$digits" --train "$train$extra}" --device "$device" "$@"
+}
+step fetch_teacher $py -m dyn.cli fetch --name cait --arch cait_digits --weights train --epochs "$epochs" \
+    --out "$work/cait.safetensors" --dataset "$digits" --train "$train}" --device "$dev"
+step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --method spectral
+step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --method spectral
+step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --method projector
+if [ "$dev" = cuda ]; then
+    step torchrun_nccl $py -m torch.distributed.run --standalone --nproc_per_node=1 -m dyn.cli distill \
+        --method softkd --epochs 2 --teacher-arch cait_digits --teacher-checkpoint "$work/cait.safetensors" \
+        --student-arch deit_digits --out-dir "$work/ddp" --num-images 16 --dataset "$digits" --train "$train}" \
+        --device cuda
+    step gpu_slot $py -m dyn.cli gpu-run --gpus 1 --pool "$work/pool" -- \
+        $py -c 'import os, torch; print("slot", os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())'
+    cat "$out/gpu_slot.log"
+fi
+step capture $py -m dyn.cli capture --name cait --arch cait_digits --checkpoint "$work/cait.safetensors" \
+    --out "$work/cait.nc" --num-images 64 --dataset "$digits" --device "$dev"
+step metrics_entropy $py -m dyn.cli metrics entropy --capture "$work/cait.nc" --out "$out/cait_entropy.nc"
+
+$py - "$out" "$dev" <<'PY' | tee -a "$out/summary.txt"
+import json, sys
+from pathlib import Path
+out, dev = Path(sys.argv[1]), sys.argv[2]
+for name in (f"spectral_{dev}", "spectral_cpu"):
+    path = out / name / "summary.json"
+    if path.exists():
+        s = json.loads(path.read_text())
+        print(f"{name:>14}: top1 {s['top1']:.2f}  devices {s.get('devices')}")
+bench = out / "bench_gpu.json"
+if bench.exists():
+    b = json.loads(bench.read_text())
+    for k, v in b["results"].items():
+        print(f"{k:>14}: {v['seconds_per_step'] * 1000:.1f} ms/step  x{v.get('speedup_vs_reference', 1):.2f}  "
+              f"peak {v['peak_memory_gib']:.1f} GiB  ({b['device']})")
+PY
+rm -rf "$work"
+exit $status
