@@ -38,33 +38,76 @@ _STORAGE = {"float32": ("f4", np.float32), "float16": ("u2", np.uint16)}
 class CaptureWriter:
     """Streams blocks of samples, layer by layer, into a capture file laid out per the contract.
 
-    Use as a context manager: the file appears at `path` only when the block exits cleanly.
+    Use as a context manager: the file appears at `path` only when the block exits cleanly. Each
+    write covers whole chunks (`samples_per_chunk` samples from a multiple of it, or the last ones);
+    `workers` threads shuffle and compress the chunks (chunks.py) while the caller goes on.
     """
 
     def __init__(self, path: str | os.PathLike, layer_shapes: list[tuple[int, int, int]], n_samples: int,
-                 attrs: dict, dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1):
+                 attrs: dict, dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 1,
+                 workers: int | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown capture dtype '{dtype}': valid are {', '.join(DTYPES)}")
         self.path, self.layer_shapes, self.n_samples = Path(path), [tuple(s) for s in layer_shapes], n_samples
-        self.attrs, self.dtype, self.chunk, self.level = attrs, dtype, samples_per_chunk, compression_level
+        self.attrs, self.dtype, self.level = attrs, dtype, compression_level
+        self.chunk = min(samples_per_chunk, n_samples)
+        self.workers = workers or min(4, os.cpu_count() or 1)
 
     def __enter__(self) -> "CaptureWriter":
+        from concurrent.futures import ThreadPoolExecutor
+
+        import h5py
         import netCDF4
+
+        from .chunks import filter_ids
 
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._root = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-        self._variable = _create_layout(self._root, self.layer_shapes, self.n_samples, self.dtype, self.chunk,
-                                        self.level, self.attrs)
+        root = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        try:  # the layout, coords and attrs through the NetCDF library; the chunks through h5py
+            _create_layout(root, self.layer_shapes, self.n_samples, self.dtype, self.chunk, self.level, self.attrs)
+        finally:
+            root.close()
+        self._file = h5py.File(tmp, "r+")
+        self._variable = self._file["activation"]
+        self._filters = filter_ids(self._variable)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dyn-chunk")
+        self._pending: list = []
         return self
 
     def write(self, layer: int, start: int, block: np.ndarray) -> None:
         """Samples start.. of one layer: a (samples, C, H, W) array of that layer's own shape."""
-        self._variable[layer, start:start + block.shape[0]] = _padded(block, self._variable.shape[2:], self.dtype)
+        n = block.shape[0]
+        if start % self.chunk or (n != self.chunk and start + n != self.n_samples) or n > self.chunk:
+            raise ValueError(f"capture writes cover whole chunks of {self.chunk} samples: got samples "
+                             f"{start}..{start + n} of {self.n_samples}")
+        values = _padded(block, (self.chunk, *self._variable.shape[2:]), self.dtype)
+        unfinished = []
+        for future in self._pending:
+            if future.done():
+                future.result()  # a chunk that failed fails the next write
+            else:
+                unfinished.append(future)
+        self._pending = unfinished
+        while len(self._pending) >= 2 * self.workers:  # bound the chunks held in memory
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write_chunk, layer, start, values))
+
+    def _write_chunk(self, layer: int, start: int, values: np.ndarray) -> None:
+        from .chunks import encode
+
+        data = encode(values, self._filters, self.level)
+        self._variable.id.write_direct_chunk((layer, start, 0, 0, 0), data)
 
     def __exit__(self, *exc) -> None:
-        self._root.close()
-        self._atomic.__exit__(*exc)
+        try:
+            self._pool.shutdown(wait=True)
+            if exc[0] is None:
+                for future in self._pending:
+                    future.result()  # re-raise a failed chunk
+        finally:
+            self._file.close()
+            self._atomic.__exit__(*exc)
 
 
 def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike, attrs: dict,
@@ -133,14 +176,14 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
 
 
 def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
-    """A (B, C, H, W) block in the file's storage type, NaN-padded to the file's (channel, y, x) size."""
-    b, c, h, w = block.shape
+    """A (B, C, H, W) block in the file's storage type, NaN-padded to a whole (samples, channel, y, x) chunk."""
     values = block.astype(DTYPES[dtype], copy=False)
-    if (c, h, w) != tuple(shape):
-        full = np.full((b, *shape), np.nan, dtype=DTYPES[dtype])
-        full[:, :c, :h, :w] = values
+    if values.shape != tuple(shape):
+        b, c, h, w = values.shape
+        full = np.full(shape, np.nan, dtype=DTYPES[dtype])
+        full[:b, :c, :h, :w] = values
         values = full
-    return values.view(_STORAGE[dtype][1])
+    return np.ascontiguousarray(values).view(_STORAGE[dtype][1])
 
 
 def _create_layout(root, layer_shapes, n_samples, dtype, samples_per_chunk, level, attrs):
@@ -189,9 +232,10 @@ def iter_layer_blocks(path: str | os.PathLike, samples_per_chunk: int | None = N
                       desc: str = "layers", prefetch: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (layer, activations of a block of samples) with each layer's padding cut off.
 
-    Memory is bounded by one block: (samples_per_chunk, C, H, W) (three with `prefetch`, which
-    reads ahead in a background thread: the NetCDF library decompresses without holding the GIL).
-    The default block is the file's own chunk, so each read decompresses each chunk once.
+    The default block is the file's own chunk: whole chunks are read directly and decoded by a few
+    threads (chunks.py), a few chunks ahead of the consumer, so memory is bounded by a few blocks of
+    (samples_per_chunk, C, H, W). Another block size, or a filter pipeline other than shuffle and
+    deflate, reads through the NetCDF library. `prefetch` adds a read-ahead thread on top.
     """
     blocks = _layer_blocks(path, samples_per_chunk, progress, desc)
     return _read_ahead(blocks, depth=2) if prefetch else blocks
@@ -233,6 +277,58 @@ def _read_ahead(iterator: Iterator, depth: int) -> Iterator:
 
 
 def _layer_blocks(path, samples_per_chunk, progress, desc) -> Iterator[tuple[int, np.ndarray]]:
+    import h5py
+
+    from .chunks import filter_ids
+
+    with h5py.File(path, "r") as root:
+        variable = root["activation"]
+        ids, chunks = filter_ids(variable), variable.chunks
+        whole_chunks = (ids is not None and chunks is not None and chunks[0] == 1
+                        and tuple(chunks[2:]) == variable.shape[2:] and samples_per_chunk in (None, chunks[1]))
+        if whole_chunks:  # our own layout: decode whole chunks in threads
+            yield from _chunk_blocks(root, variable, ids, progress, desc)
+            return
+    yield from _library_blocks(path, samples_per_chunk, progress, desc)
+
+
+def _chunk_blocks(root, variable, ids, progress, desc, workers: int | None = None):
+    """(layer, block) per chunk, read with read_direct_chunk and decoded by `workers` threads, in order."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .chunks import decode
+
+    encoding = variable.attrs.get("dyn_encoding")
+    encoding = encoding.decode() if isinstance(encoding, bytes) else encoding
+    view = np.float16 if encoding == FLOAT16_BITS else None
+    shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
+    n_layers, n_samples = variable.shape[:2]
+    chunk = variable.chunks[1]
+    workers = workers or min(4, os.cpu_count() or 1)
+
+    def block(layer, start, filter_mask, data):
+        values = decode(data, ids, filter_mask, variable.chunks[1:], variable.dtype)
+        c, h, w = shapes[layer]
+        values = values[:min(chunk, n_samples - start)]
+        if values.shape[1:] != (c, h, w):  # a CNN stage smaller than the widest layer
+            values = np.ascontiguousarray(values[:, :c, :h, :w])
+        return layer, values.view(view) if view else values
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="dyn-decode") as pool:
+        pending: deque = deque()
+        for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
+            for start in range(0, n_samples, chunk):
+                filter_mask, data = variable.id.read_direct_chunk((layer, start, 0, 0, 0))
+                pending.append(pool.submit(block, layer, start, filter_mask, data))
+                if len(pending) > workers:  # a few chunks ahead of the consumer, no more
+                    yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _library_blocks(path, samples_per_chunk, progress, desc) -> Iterator[tuple[int, np.ndarray]]:
+    """Any other layout or block size: slices read through xarray and the NetCDF library."""
     import xarray as xr
 
     with xr.open_dataset(path, cache=False, mask_and_scale=False) as ds:

@@ -1,0 +1,118 @@
+"""Capture chunks written and read by our own threads (chunks.py) against the NetCDF library's filters."""
+import shutil
+import subprocess
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+from dyn.capture import CaptureWriter, iter_layer_blocks, _library_blocks
+from dyn.chunks import shuffle, unshuffle
+
+SHAPES = [(6, 3, 3), (4, 2, 3), (6, 1, 1)]  # CNN-like: layers of different shapes, NaN-padded
+
+
+def loop_shuffle(values: np.ndarray) -> bytes:
+    raw = values.tobytes()
+    size = values.dtype.itemsize
+    return bytes(raw[i * size + k] for k in range(size) for i in range(values.size))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.float64, np.uint8])
+def test_shuffle_matches_byte_loop(dtype):
+    values = (np.random.default_rng(0).standard_normal(37) * 1000).astype(dtype)
+    shuffled = shuffle(values).tobytes()
+    assert shuffled == loop_shuffle(values)
+    assert unshuffle(shuffled, dtype).tobytes() == values.tobytes()
+
+
+def random_layers(rng, n, dtype=np.float32):
+    return [rng.standard_normal((n, *shape)).astype(dtype) for shape in SHAPES]
+
+
+def write(path, layers, n, chunk, level, dtype="float32"):
+    with CaptureWriter(path, SHAPES, n, {"model": "test"}, dtype=dtype, samples_per_chunk=chunk,
+                       compression_level=level, workers=3) as writer:
+        for layer, values in enumerate(layers):
+            for start in range(0, n, chunk):
+                writer.write(layer, start, values[start:start + chunk])
+    return path
+
+
+@pytest.mark.parametrize("level", [0, 1, 6])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_chunks_we_write_read_back_through_the_netcdf_library(tmp_path, level, dtype):
+    rng = np.random.default_rng(level)
+    n, chunk = 7, 3  # the last chunk is partial
+    layers = random_layers(rng, n, np.dtype(dtype))
+    path = write(tmp_path / "a.nc", layers, n, chunk, level, dtype)
+    with netCDF4.Dataset(path) as root:
+        variable = root["activation"]
+        variable.set_auto_maskandscale(False)
+        assert variable.filters()["zlib"] == (level > 0) and variable.filters()["shuffle"] == (level > 0)
+        stored = variable[:]
+    for layer, values in enumerate(layers):
+        c, h, w = SHAPES[layer]
+        got = stored[layer, :, :c, :h, :w]
+        if dtype == "float16":
+            got = got.view(np.float16)
+        np.testing.assert_array_equal(got, values)
+        if dtype == "float32":  # the padding is NaN, as the contract says
+            assert np.isnan(stored[layer, :, c:]).all() and np.isnan(stored[layer, :, :, h:]).all()
+
+
+def library_file(path, values, chunks, **filters):
+    """A capture-like file written by the NetCDF library alone (its own filters)."""
+    with netCDF4.Dataset(path, "w") as root:
+        for name, size in zip(("layer", "sample", "channel", "y", "x"), values.shape):
+            root.createDimension(name, size)
+        for name, index in (("channels", 2), ("height", 3), ("width", 4)):
+            root.createVariable(name, "i4", ("layer",))[:] = values.shape[index]
+        variable = root.createVariable("activation", "f4", ("layer", "sample", "channel", "y", "x"),
+                                       chunksizes=chunks, **filters)
+        variable[:] = values
+    return path
+
+
+@pytest.mark.parametrize("filters", [dict(zlib=True, complevel=4, shuffle=True), dict(zlib=True, shuffle=False),
+                                     dict(), dict(zlib=True, shuffle=True, fletcher32=True)])
+def test_we_read_chunks_the_library_wrote(tmp_path, filters):
+    values = np.random.default_rng(1).standard_normal((3, 5, 6, 2, 3)).astype(np.float32)
+    path = library_file(tmp_path / "lib.nc", values, (1, 2, 6, 2, 3), **filters)
+    blocks = list(iter_layer_blocks(path))
+    assert [(layer, block.shape[0]) for layer, block in blocks] == [(layer, n) for layer in range(3) for n in (2, 2, 1)]
+    for layer in range(3):
+        np.testing.assert_array_equal(np.concatenate([b for l, b in blocks if l == layer]), values[layer])
+
+
+def test_direct_and_library_readers_agree(tmp_path):
+    rng = np.random.default_rng(2)
+    path = write(tmp_path / "b.nc", random_layers(rng, 10), 10, 4, 1)
+    direct = list(iter_layer_blocks(path))
+    library = list(_library_blocks(path, None, False, ""))
+    assert [layer for layer, _ in direct] == [layer for layer, _ in library]
+    for (_, a), (_, b) in zip(direct, library):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_writes_must_cover_whole_chunks(tmp_path):
+    with pytest.raises(ValueError, match="whole chunks of 4 samples"):
+        with CaptureWriter(tmp_path / "c.nc", SHAPES, 10, {}, samples_per_chunk=4) as writer:
+            writer.write(0, 2, np.zeros((4, *SHAPES[0]), np.float32))
+    assert not (tmp_path / "c.nc").exists()
+
+
+@pytest.mark.skipif(shutil.which("ncdump") is None, reason="ncdump (Debian netcdf-bin) not installed; CI installs it")
+def test_ncdump_reads_the_values_we_wrote(tmp_path):
+    rng = np.random.default_rng(3)
+    layers = random_layers(rng, 5)
+    path = write(tmp_path / "d.nc", layers, 5, 2, 1)
+    dump = subprocess.run(["ncdump", "-p", "9", "-v", "activation", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    text = dump.split("activation =", 1)[1].rsplit(";", 1)[0].replace("\n", " ")
+    numbers = np.array([np.nan if v.strip() in ("_", "NaN", "NaNf") else float(v) for v in text.split(",")])
+    with xr.open_dataset(path) as ds:
+        expected = ds["activation"].values.reshape(-1)
+    np.testing.assert_allclose(numbers, expected, rtol=1e-7, equal_nan=True)
