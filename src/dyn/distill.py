@@ -13,6 +13,7 @@ import logging
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,27 @@ def write_evolution(path: Path, snapshots: list[tuple[int, dict]], attrs: dict) 
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What defines a run besides the weights it learns: fingerprinted for resume, recorded in summary.json."""
+
+    spec: RunSpec
+    pairs: list[tuple[int, int]]
+    teacher_arch: str
+    teacher_checkpoint: str
+    teacher_sha256: str
+    student_arch: str
+    dataset_cfg: dict
+    recipe: Recipe
+    num_images: int
+    bins: int
+    evolution_every: int
+
+    def fingerprint(self, world_size: int) -> str:
+        return fingerprint_of(self.spec, self.teacher_arch, self.teacher_sha256, self.student_arch, self.dataset_cfg,
+                              self.recipe.to_dict(), self.num_images, self.bins, self.evolution_every, world_size)
+
+
 def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[tuple[int, int]]:
     """The spec's (student, teacher) block pairs, checked against both models' depths."""
     if spec.method == "softkd":
@@ -85,6 +107,8 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
     try:
         seed_everything(spec.seed)
         teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
+        setup = RunSetup(spec, pairs, teacher_arch, str(teacher_checkpoint), sha256_of(teacher_checkpoint),
+                         student_arch, dataset_cfg, recipe, num_images, bins, evolution_every)
         n_classes = num_classes(build_dataset(dataset_cfg, "val"))
         if teacher.num_classes != n_classes:
             raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
@@ -111,18 +135,13 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         optimizer = make_optimizer(task.trainable_module, recipe, world.size)
         scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
         state_path = Path(state_path) if state_path else None
-        teacher_sha256 = sha256_of(teacher_checkpoint)
-        fingerprint = fingerprint_of(spec, teacher_arch, teacher_sha256, student_arch, dataset_cfg,
-                                     recipe.to_dict(), num_images, bins, evolution_every, world.size)
         history = fit(task, optimizer, scheduler, train, val, spec.epochs, world,
                       snapshot=lambda model: layer_profile(model, snapshot_images, bins),
-                      snapshot_every=evolution_every, state_path=state_path, fingerprint=fingerprint,
+                      snapshot_every=evolution_every, state_path=state_path, fingerprint=setup.fingerprint(world.size),
                       amp=recipe.amp, log_interval=recipe.log_interval)
         if not world.is_main:
             return None
-        summary = _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, teacher_sha256,
-                             student_arch, dataset_cfg, recipe, world, num_images, bins, evolution_every,
-                             time.perf_counter() - started)
+        summary = _write_run(out_dir, task, history, setup, world, time.perf_counter() - started)
         clear_state(state_path)
         return summary
     finally:
@@ -130,9 +149,9 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         distributed.shutdown(world)
 
 
-def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkpoint, teacher_sha256, student_arch,
-               dataset_cfg, recipe, world, num_images, bins, evolution_every, wall_seconds) -> dict:
+def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_seconds: float) -> dict:
     """The run directory's files; summary.json last, so that a summary means a complete run."""
+    spec, recipe, bins, num_images = setup.spec, setup.recipe, setup.bins, setup.num_images
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
     if task.has_ema():
@@ -141,8 +160,8 @@ def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkp
         save_weights(task.projector(), out_dir / "projector.safetensors")
     _write_log_csv(out_dir / "log.csv", history.rows)
     attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
-             "epochs": spec.epochs, "seed": spec.seed, "student": student_arch, "teacher": teacher_arch,
-             "bins": bins, "num_images": num_images, "dataset": dataset_cfg.get("name"),
+             "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
+             "bins": bins, "num_images": num_images, "dataset": setup.dataset_cfg.get("name"),
              "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
 
@@ -151,8 +170,8 @@ def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkp
     total_images = sum(row["images_per_s"] * row["seconds"] for row in history.rows)
     total_seconds = sum(row["seconds"] for row in history.rows)
     summary = {
-        "run": spec.run_id, "method": spec.method, "layers": spec.layers, "pairs": pairs, "beta": spec.beta,
-        "epochs": spec.epochs, "seed": spec.seed, "teacher": teacher_arch, "student": student_arch,
+        "run": spec.run_id, "method": spec.method, "layers": spec.layers, "pairs": setup.pairs, "beta": spec.beta,
+        "epochs": spec.epochs, "seed": spec.seed, "teacher": setup.teacher_arch, "student": setup.student_arch,
         "top1": final["top1"], "top5": final["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
         "best_epoch": best["epoch"], "wall_seconds": wall_seconds,
         "train_seconds": total_seconds,
@@ -160,9 +179,9 @@ def _write_run(out_dir, task, history, spec, pairs, teacher_arch, teacher_checkp
         "world_size": world.size, "batch_size_per_process": recipe.batch_size,
         "global_batch_size": recipe.batch_size * world.size, "lr": recipe.lr(world.size),
         "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.batch_size * world.size} / {recipe.lr_base_size}",
-        "recipe": recipe.to_dict(), "dataset": dataset_cfg, "teacher_checkpoint": str(teacher_checkpoint),
-        "teacher_sha256": teacher_sha256, "num_images": num_images, "bins": bins,
-        "evolution_every": evolution_every,
+        "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
+        "teacher_sha256": setup.teacher_sha256, "num_images": num_images, "bins": bins,
+        "evolution_every": setup.evolution_every,
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),
