@@ -155,7 +155,7 @@ def bench_memory(budget_mb: int = 512) -> list[dict]:
 
 
 # -- capture ---------------------------------------------------------------------------------------
-def bench_capture(repeats: int, arch: str = "deit_tiny_patch16_224", n: int = 64) -> list[dict]:
+def bench_capture(repeats: int, arch: str = "deit_tiny_patch16_224", n: int = 64, device: str = "cpu") -> list[dict]:
     import timm
     import torch
     from torch.utils.data import TensorDataset
@@ -163,18 +163,21 @@ def bench_capture(repeats: int, arch: str = "deit_tiny_patch16_224", n: int = 64
     from .capture import capture
 
     torch.manual_seed(0)
-    model = timm.create_model(arch).eval()
+    device = torch.device(device)
+    model = timm.create_model(arch).eval().to(device)
     images = torch.randn(n, 3, 224, 224)
     dataset = TensorDataset(images, torch.zeros(n, dtype=torch.long))
 
-    def bare():
+    def bare():  # the images start on the host, as capture's do
         with torch.inference_mode():
             for start in range(0, n, 16):
-                model(images[start:start + 16])
+                model(images[start:start + 16].to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def ours(level: int):
         capture(model, dataset, OUT / "capture_bench.nc", {"model": arch}, samples_per_chunk=16,
-                compression_level=level)
+                compression_level=level, device=device)
         return (OUT / "capture_bench.nc").stat().st_size
 
     bare()  # warm-up
@@ -183,7 +186,8 @@ def bench_capture(repeats: int, arch: str = "deit_tiny_patch16_224", n: int = 64
         bare_s = median_time(bare, repeats)
         ours_s = median_time(lambda: ours(level), repeats)
         size_mb = ours(level) / 2**20
-        rows.append(row(f"capture: {arch}, {n} images, compression_level {level} ({size_mb:.0f} MiB file)",
+        rows.append(row(f"capture: {arch} on {device.type}, {n} images, compression_level {level} "
+                        f"({size_mb:.0f} MiB file)",
                         "bare forward of the same model and images, no features kept", ours_s, bare_s,
                         bare_s / ours_s, "throughput ratio (ours / bare)", ">= 0.8", bare_s / ours_s >= 0.8,
                         images_per_s=round(n / ours_s, 1), bare_images_per_s=round(n / bare_s, 1),
@@ -322,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="results/bench.json")
+    parser.add_argument("--capture-arch", default="deit_tiny_patch16_224", help="timm model of the capture section")
+    parser.add_argument("--capture-device", default="cpu", help="where the capture section runs its model")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in chosen:
         t0 = time.perf_counter()
         fn = {"metrics": lambda: bench_metrics(args.repeats), "memory": bench_memory,
-              "capture": lambda: bench_capture(args.repeats), "train": lambda: bench_train(args.repeats),
+              "capture": lambda: bench_capture(args.repeats, args.capture_arch, device=args.capture_device), "train": lambda: bench_train(args.repeats),
               "dag": lambda: bench_dag(args.repeats)}[section]
         new = fn()
         for r in new:

@@ -51,7 +51,7 @@ class CaptureWriter:
         self.path, self.layer_shapes, self.n_samples = Path(path), [tuple(s) for s in layer_shapes], n_samples
         self.attrs, self.dtype, self.level = attrs, dtype, compression_level
         self.chunk = min(samples_per_chunk, n_samples)
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.workers = workers or min(8, os.cpu_count() or 1)
 
     def __enter__(self) -> "CaptureWriter":
         from concurrent.futures import ThreadPoolExecutor
