@@ -71,10 +71,10 @@ def decompress(data: bytes, size: int) -> bytes:
     return deflate.zlib_decompress(data, size)
 
 
-def encode(values: np.ndarray, ids: tuple[int, ...], level: int) -> bytes:
-    """One whole chunk (C-ordered, the chunk's full shape) through the filter pipeline `ids`."""
+def encode(values: np.ndarray, ids: tuple[int, ...], level: int) -> bytes | np.ndarray:
+    """One whole chunk (the chunk's full shape) through the filter pipeline `ids`, as a buffer."""
     data = shuffle(values) if SHUFFLE in ids else np.ascontiguousarray(values)
-    return compress(data, level) if DEFLATE in ids else data.tobytes()
+    return compress(data, level) if DEFLATE in ids else data.reshape(-1)
 
 
 def decode(data: bytes, ids: tuple[int, ...], filter_mask: int, shape: tuple[int, ...], dtype) -> np.ndarray:
