@@ -16,6 +16,7 @@ kernels for the entropy (numpy.histogram's arithmetic, bit for bit) and the magn
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,22 @@ def block_spectrum_sum(x: np.ndarray) -> tuple[np.ndarray, int]:
 # nogil: stream_metrics runs several blocks in threads at once. error_model="numpy": a float
 # division by zero gives inf instead of a Python-style check per value, which blocks SIMD.
 # No fastmath: reassociating or fusing the arithmetic would move values across bin edges.
-_KERNEL = dict(cache=True, nogil=True, error_model="numpy")
 _TILE = 256  # positions counted together: their (positions, bins) counts stay in L2
 _MIN_RUN = 8  # fewer positions per sample than this are transposed into one long run (channel_major)
 _RANGE_ERROR = ("numpy.histogram: a channel vector has no finite range to bin "
                 "(NaN or inf values, or a constant too large to widen by 0.5)")
+
+
+def _kernel(function):
+    """numba.njit with the settings above, cached on disk (next to this file, or in the user's cache
+    dir where that is read-only, or in NUMBA_CACHE_DIR) so that each process need not compile."""
+    options = dict(nogil=True, error_model="numpy")
+    try:
+        return njit(cache=True, **options)(function)
+    except RuntimeError:  # numba found no writable cache dir: compile in every process instead
+        warnings.warn("numba finds no writable cache dir for dyn.metrics, so each process compiles its "
+                      "kernels (seconds): set NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
+        return njit(**options)(function)
 
 
 def _as_float_of(value, like):
@@ -124,7 +136,7 @@ def _as_float_of_numba(value, like):
     return lambda value, like: np.float64(value)
 
 
-@njit(**_KERNEL)
+@_kernel
 def _outer_edges(x, s, p0, low, high):
     """numpy.histogram's outer edges of positions p0.. of sample s: min..max over channels,
     widened to min - 0.5 .. max + 0.5 where the vector is constant."""
@@ -144,7 +156,7 @@ def _outer_edges(x, s, p0, low, high):
             high[j] += half
 
 
-@njit(**_KERNEL)
+@_kernel
 def _linspace_steps(low, high, bins, delta, step):
     """delta = high - low and numpy's linspace step delta / bins, per position, in the input's type.
 
@@ -160,7 +172,7 @@ def _linspace_steps(low, high, bins, delta, step):
     return True
 
 
-@njit(**_KERNEL)
+@_kernel
 def _linspace_edge(k, low, delta, step, fbins):
     """numpy's linspace(low, low + delta, bins + 1)[k] for k < bins (it sets the last one to stop)."""
     if step == 0:  # the step underflowed (denormal delta): numpy divides k by bins first, gh-5437
@@ -168,7 +180,7 @@ def _linspace_edge(k, low, delta, step, fbins):
     return k * step + low
 
 
-@njit(**_KERNEL)
+@_kernel
 def _bin_counters(row, low, delta, step, bins, tiny_steps, counter):
     """Where each value of one channel across positions is counted: counter[j] = j * bins + its
     numpy.histogram bin. False if a value is outside its position's range (NaN).
@@ -202,14 +214,14 @@ def _bin_counters(row, low, delta, step, bins, tiny_steps, counter):
     return not outside
 
 
-@njit(**_KERNEL)
+@_kernel
 def _count(counter, counts):
     """counts[counter[j]] += 1: one value per position, so no two updates hit the same counter."""
     for j in range(counter.shape[0]):
         counts[counter[j]] += 1
 
 
-@njit(**_KERNEL)
+@_kernel
 def _count_tile(x, s, p0, bins, low, high, delta, step, counter, counts):
     """Add numpy.histogram(x[s, :, p], bins) of the positions p = p0 .. p0 + len(low) - 1 to
     counts, flat (position, bin)."""
@@ -224,14 +236,14 @@ def _count_tile(x, s, p0, bins, low, high, delta, step, counter, counts):
         _count(counter, counts)
 
 
-@njit(**_KERNEL)
+@_kernel
 def _tile_buffers(x, tile):
     """low, high, delta, step and counter for one tile of positions."""
     return (np.empty(tile, x.dtype), np.empty(tile, x.dtype), np.empty(tile, x.dtype), np.empty(tile, x.dtype),
             np.empty(tile, np.uint32))
 
 
-@njit(**_KERNEL)
+@_kernel
 def _entropy_total(x, bins, term, counts):
     """Sum over the positions of a (samples, C, positions) block of sum_b term[count in bin b].
 
@@ -253,7 +265,7 @@ def _entropy_total(x, bins, term, counts):
     return per_bin.sum()
 
 
-@njit(**_KERNEL)
+@_kernel
 def _histogram_counts_native(x, bins, counts):
     """numpy.histogram counts of every position of a (samples, C, positions) block, (samples,
     positions, bins); counts: zeros, as for _entropy_total."""
@@ -320,7 +332,7 @@ def entropy_sum(vectors: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, i
 
 
 # -- magnitude -------------------------------------------------------------------------------------
-@njit(**_KERNEL)
+@_kernel
 def _abs_total(flat):
     """sum |v| in float64, over 256 interleaved accumulators so that it vectorises without fastmath."""
     lanes = 256
