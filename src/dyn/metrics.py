@@ -51,6 +51,8 @@ def channel_major(a, channel_axis: int = 1) -> np.ndarray:
     transposed copy, (1, C, rows), so that the kernels still run along many positions at once.
     """
     a = _as_numpy(a)
+    if not -a.ndim <= channel_axis < a.ndim:
+        raise np.exceptions.AxisError(channel_axis, a.ndim)
     axis = channel_axis % a.ndim
     c = a.shape[axis]
     samples, positions = math.prod(a.shape[:axis]), math.prod(a.shape[axis + 1:])
