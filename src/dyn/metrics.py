@@ -1,4 +1,4 @@
-"""The three per-layer lenses of the paper, as pure vectorised functions, plus streaming over a capture.
+"""The three per-layer lenses of the paper, as pure functions, plus streaming over a capture.
 
 For one layer's activations A with C channels at every position (sample, y, x):
 - spectrum:  F[k] = (1/C) sum_c A[c] exp(-2 pi i k c / C);  S[k] = mean over positions of |F[k]|
@@ -8,12 +8,20 @@ For one layer's activations A with C channels at every position (sample, y, x):
 - magnitude: mean of |A| over all elements
 
 Each metric has a `*_sum` form returning (sum over positions, number of positions), so a
-file can be streamed chunk by chunk and the chunks' sums added up.
+file can be streamed chunk by chunk and the chunks' sums added up. The `block_*_sum` forms read
+a block as (samples, C, positions), the memory layout of a (samples, C, H, W) capture block,
+instead of copying it channels-last: scipy's FFT along the channel axis for the spectrum, numba
+kernels for the entropy (numpy.histogram's arithmetic, bit for bit) and the magnitude.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
+
 import numpy as np
+from numba import njit, types
+from numba.extending import overload
 
 METRICS = ("spectrum", "entropy", "magnitude")
 DEFAULT_BINS = 100
@@ -35,102 +43,327 @@ def channel_vectors(a, channel_axis: int = 1) -> np.ndarray:
     return np.moveaxis(a, channel_axis, -1).reshape(-1, a.shape[channel_axis])
 
 
+def channel_major(a, channel_axis: int = 1) -> np.ndarray:
+    """(samples, C, positions), C-contiguous: the layout the spectrum and entropy kernels read.
+
+    For a (samples, C, H, W) block this is a free reshape, with no channels-last copy. When fewer
+    than _MIN_RUN values follow the channel axis (channels-last input, (rows, C) vectors), it is a
+    transposed copy, (1, C, rows), so that the kernels still run along many positions at once.
+    """
+    a = _as_numpy(a)
+    if not -a.ndim <= channel_axis < a.ndim:
+        raise np.exceptions.AxisError(channel_axis, a.ndim)
+    axis = channel_axis % a.ndim
+    c = a.shape[axis]
+    samples, positions = math.prod(a.shape[:axis]), math.prod(a.shape[axis + 1:])
+    if positions < _MIN_RUN:
+        return np.ascontiguousarray(channel_vectors(a, axis).T)[None]
+    return np.ascontiguousarray(a).reshape(samples, c, positions)
+
+
+def _as_kernel_floats(x: np.ndarray) -> np.ndarray:
+    """x as C-contiguous float32 or float64, the types the numba kernels are compiled for."""
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)  # e.g. longdouble
+    return np.ascontiguousarray(x)
+
+
+# -- spectrum --------------------------------------------------------------------------------------
+def _mirrored(half: np.ndarray, c: int) -> np.ndarray:
+    """The length-C spectrum from its first C//2 + 1 values: the input is real, so |F[k]| = |F[C-k]|."""
+    return np.concatenate([half, half[1:c - c // 2][::-1]])
+
+
+def _rfft(x: np.ndarray, axis: int) -> np.ndarray:
+    import scipy.fft  # here, not at the top: the entropy and magnitude rules' processes skip its import (0.15 s)
+
+    return scipy.fft.rfft(x, axis=axis)
+
+
 def spectrum_sum(vectors: np.ndarray) -> tuple[np.ndarray, int]:
     """Sum over rows of |F[k]| (length C, float64) and the number of rows."""
     c = vectors.shape[-1]
-    # The input is real, so |F[k]| = |F[C-k]|: take the half spectrum and mirror it.
-    half = np.abs(np.fft.rfft(vectors, axis=-1)).sum(axis=0, dtype=np.float64) / c
-    full = np.concatenate([half, half[1:c - c // 2][::-1]])
-    return full, vectors.shape[0]
+    half = np.abs(_rfft(vectors, axis=-1)).sum(axis=0, dtype=np.float64) / c
+    return _mirrored(half, c), vectors.shape[0]
+
+
+def block_spectrum_sum(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """spectrum_sum of a (samples, C, positions) block, transformed along its channel axis in place.
+
+    scipy's pocketfft runs transforms along a middle axis several at a time in SIMD lanes: faster
+    than numpy's rfft of channels-last rows, even before counting the copy into that layout.
+    """
+    samples, c, positions = x.shape
+    half = np.abs(_rfft(x, axis=1)).sum(axis=(0, 2), dtype=np.float64) / c
+    return _mirrored(half, c), samples * positions
+
+
+# -- entropy: numpy.histogram's counts at every position, in numba --------------------------------
+# numpy.histogram(v, bins) with v's own range works in v's float type: edges = linspace(lo, hi,
+# bins + 1) (lo - 0.5, hi + 0.5 for a constant v), index = int((v - lo) / (hi - lo) * bins), the
+# index of hi moved into the last bin, then moved down one where v < edges[index] and up one
+# where v >= edges[index + 1] (not from the last bin). The kernels below do the same arithmetic in
+# the same type, position by position, so their counts equal numpy's bit for bit.
+#
+# nogil: stream_metrics runs several blocks in threads at once. error_model="numpy": a float
+# division by zero gives inf instead of a Python-style check per value, which blocks SIMD.
+# No fastmath: reassociating or fusing the arithmetic would move values across bin edges.
+_TILE = 256  # positions counted together: their (positions, bins) counts stay in L2
+_MIN_RUN = 8  # fewer positions per sample than this are transposed into one long run (channel_major)
+_RANGE_ERROR = ("numpy.histogram: a channel vector has no finite range to bin "
+                "(NaN or inf values, or a constant too large to widen by 0.5)")
+
+
+def _kernel(function):
+    """numba.njit with the settings above, cached on disk (next to this file, or in the user's cache
+    dir where that is read-only, or in NUMBA_CACHE_DIR) so that each process need not compile."""
+    options = dict(nogil=True, error_model="numpy")
+    try:
+        return njit(cache=True, **options)(function)
+    except RuntimeError:  # numba found no writable cache dir: compile in every process instead
+        warnings.warn("numba finds no writable cache dir for dyn.metrics, so each process compiles its "
+                      "kernels (seconds): set NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
+        return njit(**options)(function)
+
+
+def _as_float_of(value, like):
+    """value in the float type of `like` (in numba, float32 * int is float64; numpy 2 keeps float32)."""
+    return type(like)(value)
+
+
+@overload(_as_float_of)
+def _as_float_of_numba(value, like):
+    if like == types.float32:
+        return lambda value, like: np.float32(value)
+    return lambda value, like: np.float64(value)
+
+
+@_kernel
+def _outer_edges(x, s, p0, low, high):
+    """numpy.histogram's outer edges of positions p0.. of sample s: min..max over channels,
+    widened to min - 0.5 .. max + 0.5 where the vector is constant."""
+    n = low.shape[0]
+    low[:] = x[s, 0, p0:p0 + n]
+    high[:] = low
+    for c in range(1, x.shape[1]):
+        row = x[s, c, p0:p0 + n]  # a contiguous run of positions: vectorised min and max
+        for j in range(n):
+            v = row[j]
+            low[j] = v if v < low[j] else low[j]
+            high[j] = v if v > high[j] else high[j]
+    half = _as_float_of(0.5, low[0])
+    for j in range(n):
+        if low[j] == high[j]:
+            low[j] -= half
+            high[j] += half
+
+
+@_kernel
+def _linspace_steps(low, high, bins, delta, step):
+    """delta = high - low and numpy's linspace step delta / bins, per position, in the input's type.
+
+    False where a width is not finite and positive (NaN, inf, or a constant too large to widen):
+    numpy.histogram raises there too.
+    """
+    fbins = _as_float_of(bins, low[0])
+    for j in range(low.shape[0]):
+        delta[j] = high[j] - low[j]
+        step[j] = delta[j] / fbins
+        if not (delta[j] > 0 and delta[j] < np.inf):
+            return False
+    return True
+
+
+@_kernel
+def _linspace_edge(k, low, delta, step, fbins):
+    """numpy's linspace(low, low + delta, bins + 1)[k] for k < bins (it sets the last one to stop)."""
+    if step == 0:  # the step underflowed (denormal delta): numpy divides k by bins first, gh-5437
+        return k / fbins * delta + low
+    return k * step + low
+
+
+@_kernel
+def _bin_counters(row, low, delta, step, bins, tiny_steps, counter):
+    """Where each value of one channel across positions is counted: counter[j] = j * bins + its
+    numpy.histogram bin. False if a value is outside its position's range (NaN).
+
+    `tiny_steps`: some position's step underflowed to 0, which takes numpy's other linspace formula.
+    """
+    fbins = _as_float_of(bins, row[0])
+    zero = fbins - fbins
+    one = fbins / fbins
+    last = np.int32(bins - 1)
+    # unsigned counters: numba then skips its negative-index wraparound in _count
+    first_counter, counters_per_position = np.uint32(0), np.uint32(bins)
+    outside = False
+    for j in range(row.shape[0]):
+        v = row[j]
+        f = (v - low[j]) / delta[j] * fbins
+        inside = (f >= zero) & (f <= fbins)
+        outside |= not inside
+        i = min(np.int32(f if inside else zero), last)  # hi itself goes into the last bin
+        k = _as_float_of(i, v)
+        if tiny_steps:
+            edge = _linspace_edge(k, low[j], delta[j], step[j], fbins)
+            next_edge = _linspace_edge(k + one, low[j], delta[j], step[j], fbins)
+        else:  # the same arithmetic without a branch per value, so that the loop vectorises
+            edge = k * step[j] + low[j]
+            next_edge = (k + one) * step[j] + low[j]
+        down = v < edge
+        up = (v >= next_edge) & (i != last) & (not down)  # numpy tests `up` on the moved index
+        counter[j] = first_counter + np.uint32(i - np.int32(down) + np.int32(up))
+        first_counter += counters_per_position  # in uint32 rather than from j (int64): narrower SIMD
+    return not outside
+
+
+@_kernel
+def _count(counter, counts):
+    """counts[counter[j]] += 1: one value per position, so no two updates hit the same counter."""
+    for j in range(counter.shape[0]):
+        counts[counter[j]] += 1
+
+
+@_kernel
+def _count_tile(x, s, p0, bins, low, high, delta, step, counter, counts):
+    """Add numpy.histogram(x[s, :, p], bins) of the positions p = p0 .. p0 + len(low) - 1 to
+    counts, flat (position, bin)."""
+    _outer_edges(x, s, p0, low, high)
+    if not _linspace_steps(low, high, bins, delta, step):
+        raise ValueError(_RANGE_ERROR)
+    tiny_steps = np.any(step == 0)
+    n = low.shape[0]
+    for c in range(x.shape[1]):
+        if not _bin_counters(x[s, c, p0:p0 + n], low, delta, step, bins, tiny_steps, counter):
+            raise ValueError(_RANGE_ERROR)
+        _count(counter, counts)
+
+
+@_kernel
+def _tile_buffers(x, tile):
+    """low, high, delta, step and counter for one tile of positions."""
+    return (np.empty(tile, x.dtype), np.empty(tile, x.dtype), np.empty(tile, x.dtype), np.empty(tile, x.dtype),
+            np.empty(tile, np.uint32))
+
+
+@_kernel
+def _entropy_total(x, bins, term, counts):
+    """Sum over the positions of a (samples, C, positions) block of sum_b term[count in bin b].
+
+    counts: zeros, a multiple of bins long; its length / bins positions are counted at a time.
+    """
+    samples, _, positions = x.shape
+    tile = counts.shape[0] // bins
+    low, high, delta, step, counter = _tile_buffers(x, tile)
+    # One float64 accumulator per bin, so the sum over positions vectorises without reassociation.
+    per_bin = np.zeros(bins)
+    for s in range(samples):
+        for p0 in range(0, positions, tile):
+            n = min(tile, positions - p0)
+            _count_tile(x, s, p0, bins, low[:n], high[:n], delta[:n], step[:n], counter[:n], counts)
+            for j in range(n):
+                for b in range(bins):
+                    per_bin[b] += term[counts[j * bins + b]]
+                    counts[j * bins + b] = 0
+    return per_bin.sum()
+
+
+@_kernel
+def _histogram_counts_native(x, bins, counts):
+    """numpy.histogram counts of every position of a (samples, C, positions) block, (samples,
+    positions, bins); counts: zeros, as for _entropy_total."""
+    samples, _, positions = x.shape
+    tile = counts.shape[0] // bins
+    out = np.zeros((samples, positions, bins), np.int64)
+    low, high, delta, step, counter = _tile_buffers(x, tile)
+    for s in range(samples):
+        for p0 in range(0, positions, tile):
+            n = min(tile, positions - p0)
+            _count_tile(x, s, p0, bins, low[:n], high[:n], delta[:n], step[:n], counter[:n], counts)
+            out[s, p0:p0 + n] = counts[:n * bins].reshape(n, bins)
+            counts[:] = 0
+    return out
+
+
+def _counts_buffer(x: np.ndarray, bins: int) -> np.ndarray:
+    """Zeroed flat (position, bin) counts for one tile of positions of x, in the narrowest
+    type that holds C (uint16 halves the cache the random increments touch)."""
+    c, positions = x.shape[1], x.shape[2]
+    tile = min(_TILE, positions, max(1, _TILE * DEFAULT_BINS // bins))  # fewer positions for many bins
+    return np.zeros(tile * bins, np.uint16 if c < 2**16 else np.uint32)
+
+
+def _histogram_input(x: np.ndarray, bins: int) -> np.ndarray:
+    """x checked and converted for the histogram kernels."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    if x.shape[1] == 0:
+        raise ValueError("no channels to histogram")
+    return _as_kernel_floats(x)
+
+
+def _entropy_terms(c: int) -> np.ndarray:
+    """-p log2 p for every possible count n = 0..C (p = n / C), looked up instead of computed per bin."""
+    p = np.arange(c + 1, dtype=np.float64) / c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, -p * np.log2(p), 0.0)
+
+
+def _block_histogram_counts(x: np.ndarray, bins: int) -> np.ndarray:
+    """numpy.histogram(x[s, :, p], bins) counts of a (samples, C, positions) block: (samples, positions, bins)."""
+    x = _histogram_input(x, bins)
+    return _histogram_counts_native(x, bins, _counts_buffer(x, bins))
 
 
 def _histogram_counts(vectors: np.ndarray, bins: int) -> np.ndarray:
-    """Per-row numpy.histogram(row, bins) counts, (rows, bins), with numpy's own arithmetic.
-
-    numpy computes, in the input's float type: edges = linspace(min, max, bins + 1) (min-0.5,
-    max+0.5 for a constant row), index = int((v - min) / (max - min) * bins), then moves the index
-    by one where float rounding put v on the wrong side of an edge. The fast path here computes the
-    same index; only values whose position lies within rounding distance of an edge (a tiny share)
-    go through numpy's edge comparisons, so ties on bin edges land in the same bins as numpy's.
-    """
-    dt = vectors.dtype
-    rows, c = vectors.shape
-    low = vectors.min(axis=1)
-    high = vectors.max(axis=1)
-    constant = low == high
-    low = np.where(constant, low - dt.type(0.5), low)
-    high = np.where(constant, high + dt.type(0.5), high)
-    delta = (high - low).astype(dt)
-
-    position = vectors - low[:, None]
-    position /= delta[:, None]
-    position *= dt.type(bins)
-    inside = (position > 0) & (position < bins)  # the row's min and max: exact, never moved by numpy
-    whole = np.floor(position)
-    # How far float rounding can move a value across an edge, in bins: a few ulps of the row's scale.
-    scale = np.maximum(np.abs(low), np.abs(high)) / delta * bins + bins
-    half_width = (dt.type(0.5) - 8 * np.finfo(dt).eps * scale).astype(dt)
-    position -= whole  # now the fraction within a bin; in float, not int, to stay in the input's type
-    position -= dt.type(0.5)
-    near = np.abs(position, out=position) > half_width[:, None]
-    near &= inside
-    np.minimum(whole, bins - 1, out=whole)  # v == max lands in the last bin
-    suspect_rows = np.flatnonzero(near.any(axis=1))  # few rows hold a value near an edge
-    if suspect_rows.size:
-        r, k = np.nonzero(near[suspect_rows])
-        r = suspect_rows[r]
-        index = whole[r, k].astype(np.intp)
-        whole[r, k] = _exact_index(vectors[r, k], index, low[r], high[r], delta[r], bins, dt)
-    if rows * bins < 2**24 and dt.itemsize == 4:  # flat bin ids are exact in float32 up to 2^24
-        whole += (np.arange(rows, dtype=dt) * dt.type(bins))[:, None]
-        flat = whole.astype(np.intp)
-    else:
-        flat = whole.astype(np.intp) + (np.arange(rows) * bins)[:, None]
-    return np.bincount(flat.ravel(), minlength=rows * bins).reshape(rows, bins)
+    """Per-row numpy.histogram(row, bins) counts of (rows, C) vectors: (rows, bins)."""
+    return _block_histogram_counts(channel_major(vectors), bins)[0]
 
 
-def _exact_index(v, index, low, high, delta, bins, dt):
-    """numpy.histogram's index correction for single values, with its linspace edges."""
-    step = (delta / dt.type(bins)).astype(dt)
-
-    def edge(k):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # linspace: k * step + start (k / bins * delta + start for a denormal step); last edge = stop
-            value = np.where(step == 0, k.astype(dt) / dt.type(bins) * delta, k.astype(dt) * step) + low
-        return np.where(k == bins, high, value.astype(dt))
-
-    index = index.copy()
-    index -= v < edge(index)
-    index += (v >= edge(index + 1)) & (index != bins - 1)
-    return index
+def block_entropy_sum(x: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, int]:
+    """entropy_sum of a (samples, C, positions) block, read in that layout."""
+    samples, c, positions = x.shape
+    if samples * positions == 0 and bins >= 1:
+        return 0.0, 0
+    x = _histogram_input(x, bins)
+    return float(_entropy_total(x, bins, _entropy_terms(c), _counts_buffer(x, bins))), samples * positions
 
 
 def entropy_sum(vectors: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[float, int]:
     """Sum over rows of the Shannon entropy (bits) of each row's histogram, and the number of rows."""
-    if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
-    counts = _histogram_counts(vectors, bins)
-    # -p log2 p for every possible count n = 0..C (p = n / C), looked up instead of computed per bin.
-    p = np.arange(vectors.shape[1] + 1, dtype=np.float64) / vectors.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        term = np.where(p > 0, -p * np.log2(p), 0.0)
-    return float(term[counts].sum()), vectors.shape[0]
+    return block_entropy_sum(channel_major(vectors), bins)
+
+
+# -- magnitude -------------------------------------------------------------------------------------
+@_kernel
+def _abs_total(flat):
+    """sum |v| in float64, over 256 interleaved accumulators so that it vectorises without fastmath."""
+    lanes = 256
+    per_lane = np.zeros(lanes)
+    whole = flat.shape[0] // lanes * lanes
+    for start in range(0, whole, lanes):
+        for lane in range(lanes):
+            per_lane[lane] += abs(np.float64(flat[start + lane]))
+    tail = 0.0
+    for i in range(whole, flat.shape[0]):
+        tail += abs(np.float64(flat[i]))
+    return per_lane.sum() + tail
 
 
 def magnitude_sum(a) -> tuple[float, int]:
     a = _as_numpy(a)
-    return float(np.abs(a).sum(dtype=np.float64)), a.size
+    return float(_abs_total(_as_kernel_floats(a).reshape(-1))), a.size
 
 
+# -- per-layer values ------------------------------------------------------------------------------
 def channel_spectrum(a, channel_axis: int = 1) -> np.ndarray:
     """Mean over positions of |FFT along channels| / C, length C: S[k] for k = 0..C-1."""
-    total, n = spectrum_sum(channel_vectors(a, channel_axis))
+    total, n = block_spectrum_sum(channel_major(a, channel_axis))
     return total / n
 
 
 def channel_entropy(a, bins: int = DEFAULT_BINS, channel_axis: int = 1) -> float:
     """Mean over positions of the Shannon entropy (bits) of the channel vector's `bins`-bin histogram."""
-    total, n = entropy_sum(channel_vectors(a, channel_axis), bins)
+    total, n = block_entropy_sum(channel_major(a, channel_axis), bins)
     return total / n
 
 
@@ -145,11 +378,11 @@ def block_sums(block, names=METRICS, bins: int = DEFAULT_BINS) -> dict[str, tupl
     block = _as_numpy(block)
     sums = {}
     if "spectrum" in names or "entropy" in names:
-        vectors = channel_vectors(block)  # one channels-last copy for both
+        x = channel_major(block)  # a free reshape: both kernels read (samples, C, H*W) as it is
         if "spectrum" in names:
-            sums["spectrum"] = spectrum_sum(vectors)
+            sums["spectrum"] = block_spectrum_sum(x)
         if "entropy" in names:
-            sums["entropy"] = entropy_sum(vectors, bins)
+            sums["entropy"] = block_entropy_sum(x, bins)
     if "magnitude" in names:
         sums["magnitude"] = magnitude_sum(block)
     return sums
