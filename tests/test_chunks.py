@@ -1,6 +1,7 @@
 """Capture chunks written and read by our own threads (chunks.py) against the NetCDF library's filters."""
 import shutil
 import subprocess
+import zlib
 
 import netCDF4
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import xarray as xr
 
 from dyn.capture import CaptureWriter, iter_layer_blocks, _library_blocks
-from dyn.chunks import shuffle, unshuffle
+from dyn.chunks import SEGMENT, decompress, fast_deflate, shuffle, unshuffle
 
 SHAPES = [(6, 3, 3), (4, 2, 3), (6, 1, 1)]  # CNN-like: layers of different shapes, NaN-padded
 
@@ -25,6 +26,18 @@ def test_shuffle_matches_byte_loop(dtype):
     shuffled = shuffle(values).tobytes()
     assert shuffled == loop_shuffle(values)
     assert unshuffle(shuffled, dtype).tobytes() == values.tobytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, SEGMENT - 1, SEGMENT + 1, 3 * SEGMENT + 12345])
+def test_fast_deflate_is_a_zlib_stream(size):
+    rng = np.random.default_rng(size)
+    # Random bytes (stored), then zeros (deflated), so one stream holds both kinds of block.
+    data = np.concatenate([rng.integers(0, 256, size // 2, dtype=np.uint8), np.zeros(size - size // 2, np.uint8)])
+    packed = fast_deflate(data)
+    assert zlib.decompress(packed) == data.tobytes()
+    assert decompress(packed, size) == data.tobytes()
+    # Stored random bytes cost 5 bytes per 64 KiB block; zeros shrink to almost nothing.
+    assert len(packed) <= size // 2 + 5 * (size // 65535 + 2 * (size // SEGMENT) + 2) + 0.01 * size + 64
 
 
 def random_layers(rng, n, dtype=np.float32):

@@ -235,14 +235,16 @@ def test_channels_last_memory_and_channel_axis_zero(rng):
 
 
 def test_kernels_still_compile_without_a_writable_cache_dir(monkeypatch):
-    real_njit = metrics.njit
+    from dyn import jit
+
+    real_njit = jit.njit
 
     def njit_without_cache_dir(*args, cache=False, **options):
         if cache:
             raise RuntimeError("cannot cache function 'f': no locator available for file 'metrics.py'")
         return real_njit(*args, **options)
 
-    monkeypatch.setattr(metrics, "njit", njit_without_cache_dir)
+    monkeypatch.setattr(jit, "njit", njit_without_cache_dir)
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
-        kernel = metrics._kernel(lambda x: x + 1)
+        kernel = jit.kernel(lambda x: x + 1)
     assert kernel(1) == 2

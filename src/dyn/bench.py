@@ -44,11 +44,9 @@ CAIT_S24 = dict(layers=24, samples=64, channels=384, height=14, width=14)
 
 def synthetic_capture(path: Path, layers: int, samples: int, channels: int, height: int, width: int,
                       compression_level: int = 1, seed: int = 0) -> Path:
-    """A capture file of random activations in the project's own layout (kept for later runs)."""
+    """A capture file of random activations in the project's own layout, written afresh each run."""
     from .capture import CaptureWriter
 
-    if path.exists():
-        return path
     rng = np.random.default_rng(seed)
     chunk = 16
     with CaptureWriter(path, [(channels, height, width)] * layers, samples, {"model": "synthetic"},
@@ -86,7 +84,7 @@ def bench_metrics(repeats: int) -> list[dict]:
     from . import metrics
     from .capture import iter_layer_blocks
 
-    path = synthetic_capture(OUT / "cait_s24_64_v2.nc", **CAIT_S24)
+    path = synthetic_capture(OUT / "cait_s24_64.nc", **CAIT_S24)
     workers = os.cpu_count() or 1
 
     def our_read():

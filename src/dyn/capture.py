@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from typing import TYPE_CHECKING
 
@@ -232,13 +232,108 @@ def iter_layer_blocks(path: str | os.PathLike, samples_per_chunk: int | None = N
                       desc: str = "layers", prefetch: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (layer, activations of a block of samples) with each layer's padding cut off.
 
-    The default block is the file's own chunk: whole chunks are read directly and decoded by a few
-    threads (chunks.py), a few chunks ahead of the consumer, so memory is bounded by a few blocks of
+    The default block is the file's own chunk: whole chunks are read and decoded by a few threads
+    (ChunkReader), a few chunks ahead of the consumer, so memory is bounded by a few blocks of
     (samples_per_chunk, C, H, W). Another block size, or a filter pipeline other than shuffle and
     deflate, reads through the NetCDF library. `prefetch` adds a read-ahead thread on top.
     """
-    blocks = _layer_blocks(path, samples_per_chunk, progress, desc)
+    reader = ChunkReader.open(path, samples_per_chunk)
+    if reader is not None:
+        blocks = reader.blocks(progress=progress, desc=desc)
+    else:
+        blocks = _library_blocks(path, samples_per_chunk, progress, desc)
     return _read_ahead(blocks, depth=2) if prefetch else blocks
+
+
+class ChunkReader:
+    """The whole chunks of a capture file's `activation`, each loaded on its own (`load`), in any thread.
+
+    A load is a pread of the chunk's bytes plus their decoding (chunks.py): both run without the GIL,
+    so several threads can each load and process a chunk. The chunks' places in the file are looked
+    up once through h5py; after that the file is read with plain preads. Close it (or use it as a
+    context manager) once every load has returned.
+    """
+
+    def __init__(self, path, ids, shapes, chunk_shape, dtype, fill, view, chunks):
+        self.ids, self.shapes, self.chunk_shape = ids, shapes, chunk_shape
+        self.dtype, self.fill, self.view = dtype, fill, view
+        self.chunks = chunks  # [(layer, samples in the chunk, h5py StoreInfo)] in file order
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "ChunkReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, samples_per_chunk: int | None = None) -> "ChunkReader | None":
+        """A reader, or None where the file is not laid out in whole chunks we can decode."""
+        import h5py
+
+        from .chunks import filter_ids
+
+        with h5py.File(path, "r") as root:
+            variable = root["activation"]
+            ids, chunk_shape = filter_ids(variable), variable.chunks
+            if (ids is None or chunk_shape is None or chunk_shape[0] != 1 or variable.dtype.byteorder == ">"
+                    or tuple(chunk_shape[2:]) != variable.shape[2:] or samples_per_chunk not in (None, chunk_shape[1])):
+                return None
+            encoding = variable.attrs.get("dyn_encoding")
+            encoding = encoding.decode() if isinstance(encoding, bytes) else encoding
+            shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
+            n_layers, n_samples = variable.shape[:2]
+            step = chunk_shape[1]
+            chunks = [(layer, min(step, n_samples - start), variable.id.get_chunk_info_by_coord((layer, start, 0, 0, 0)))
+                      for layer in range(n_layers) for start in range(0, n_samples, step)]
+            return cls(path, ids, shapes, tuple(chunk_shape[1:]), variable.dtype, variable.fillvalue,
+                       np.float16 if encoding == FLOAT16_BITS else None, chunks)
+
+    def load(self, index: int) -> np.ndarray:
+        """Chunk `index` of `chunks` as a (samples, C, H, W) array of its layer's own shape."""
+        from .chunks import decode
+
+        layer, n, info = self.chunks[index]
+        if info.byte_offset is None:  # never written: HDF5 would give the fill value
+            values = np.full(self.chunk_shape, self.fill, dtype=self.dtype)
+        else:
+            values = decode(os.pread(self.fd, info.size, info.byte_offset), self.ids, info.filter_mask,
+                            self.chunk_shape, self.dtype)
+        c, h, w = self.shapes[layer]
+        values = values[:n]
+        if values.shape[1:] != (c, h, w):  # a CNN stage smaller than the widest layer
+            values = np.ascontiguousarray(values[:, :c, :h, :w])
+        return values.view(self.view) if self.view else values
+
+    def loaders(self, progress: bool = False, desc: str = "layers") -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """(layer, a function loading that chunk), in file order."""
+        import functools
+
+        for index, (layer, _, _) in enumerate(tqdm(self.chunks, desc=desc, unit="chunk", disable=not progress)):
+            yield layer, functools.partial(self.load, index)
+
+    def blocks(self, workers: int | None = None, progress: bool = False,
+               desc: str = "layers") -> Iterator[tuple[int, np.ndarray]]:
+        """(layer, block) in file order, loaded by `workers` threads a few chunks ahead."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        with self, ThreadPoolExecutor(workers, thread_name_prefix="dyn-decode") as pool:
+            pending: deque = deque()
+            for layer, load in self.loaders(progress, desc):
+                pending.append((layer, pool.submit(load)))
+                if len(pending) > workers:
+                    done_layer, future = pending.popleft()
+                    yield done_layer, future.result()
+            while pending:
+                done_layer, future = pending.popleft()
+                yield done_layer, future.result()
 
 
 def _read_ahead(iterator: Iterator, depth: int) -> Iterator:
@@ -274,57 +369,6 @@ def _read_ahead(iterator: Iterator, depth: int) -> Iterator:
                 items.get_nowait()
             except queue.Empty:
                 thread.join(0.01)
-
-
-def _layer_blocks(path, samples_per_chunk, progress, desc) -> Iterator[tuple[int, np.ndarray]]:
-    import h5py
-
-    from .chunks import filter_ids
-
-    with h5py.File(path, "r") as root:
-        variable = root["activation"]
-        ids, chunks = filter_ids(variable), variable.chunks
-        whole_chunks = (ids is not None and chunks is not None and chunks[0] == 1
-                        and tuple(chunks[2:]) == variable.shape[2:] and samples_per_chunk in (None, chunks[1]))
-        if whole_chunks:  # our own layout: decode whole chunks in threads
-            yield from _chunk_blocks(root, variable, ids, progress, desc)
-            return
-    yield from _library_blocks(path, samples_per_chunk, progress, desc)
-
-
-def _chunk_blocks(root, variable, ids, progress, desc, workers: int | None = None):
-    """(layer, block) per chunk, read with read_direct_chunk and decoded by `workers` threads, in order."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .chunks import decode
-
-    encoding = variable.attrs.get("dyn_encoding")
-    encoding = encoding.decode() if isinstance(encoding, bytes) else encoding
-    view = np.float16 if encoding == FLOAT16_BITS else None
-    shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
-    n_layers, n_samples = variable.shape[:2]
-    chunk = variable.chunks[1]
-    workers = workers or min(4, os.cpu_count() or 1)
-
-    def block(layer, start, filter_mask, data):
-        values = decode(data, ids, filter_mask, variable.chunks[1:], variable.dtype)
-        c, h, w = shapes[layer]
-        values = values[:min(chunk, n_samples - start)]
-        if values.shape[1:] != (c, h, w):  # a CNN stage smaller than the widest layer
-            values = np.ascontiguousarray(values[:, :c, :h, :w])
-        return layer, values.view(view) if view else values
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="dyn-decode") as pool:
-        pending: deque = deque()
-        for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
-            for start in range(0, n_samples, chunk):
-                filter_mask, data = variable.id.read_direct_chunk((layer, start, 0, 0, 0))
-                pending.append(pool.submit(block, layer, start, filter_mask, data))
-                if len(pending) > workers:  # a few chunks ahead of the consumer, no more
-                    yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _library_blocks(path, samples_per_chunk, progress, desc) -> Iterator[tuple[int, np.ndarray]]:

@@ -16,12 +16,13 @@ kernels for the entropy (numpy.histogram's arithmetic, bit for bit) and the magn
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
+
+from .jit import kernel as _kernel
 
 METRICS = ("spectrum", "entropy", "magnitude")
 DEFAULT_BINS = 100
@@ -112,18 +113,6 @@ _TILE = 256  # positions counted together: their (positions, bins) counts stay i
 _MIN_RUN = 8  # fewer positions per sample than this are transposed into one long run (channel_major)
 _RANGE_ERROR = ("numpy.histogram: a channel vector has no finite range to bin "
                 "(NaN or inf values, or a constant too large to widen by 0.5)")
-
-
-def _kernel(function):
-    """numba.njit with the settings above, cached on disk (next to this file, or in the user's cache
-    dir where that is read-only, or in NUMBA_CACHE_DIR) so that each process need not compile."""
-    options = dict(nogil=True, error_model="numpy")
-    try:
-        return njit(cache=True, **options)(function)
-    except RuntimeError:  # numba found no writable cache dir: compile in every process instead
-        warnings.warn("numba finds no writable cache dir for dyn.metrics, so each process compiles its "
-                      "kernels (seconds): set NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
-        return njit(**options)(function)
 
 
 def _as_float_of(value, like):
@@ -413,26 +402,38 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
                    samples_per_chunk: int | None = None, progress: bool = False, workers: int = 1) -> dict:
     """Per-layer values of several metrics over a capture file, in one pass over its blocks.
 
-    A background thread reads (decompresses) the next blocks while `workers` threads summarise
-    the current ones (numpy and the NetCDF library release the GIL), so memory stays bounded by a
-    few blocks. Returns {name: values}: a list of per-layer arrays for the spectrum (lengths may
+    Each of `workers` threads loads (reads and decompresses) a whole chunk of the file and
+    summarises it, a few chunks in flight, so memory stays bounded by a few blocks (files that are
+    not in whole chunks of our layout are read through the NetCDF library by a read-ahead thread
+    instead). Pread, inflate and the kernels all run without the GIL. Returns {name: values}: a list of per-layer arrays for the spectrum (lengths may
     differ between CNN stages), a float array of shape (layers,) for entropy and magnitude.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from .capture import iter_layer_blocks
+    from contextlib import nullcontext
+
+    from .capture import ChunkReader, iter_layer_blocks
 
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: valid metrics are {', '.join(METRICS)}")
     means = LayerMeans()
-    blocks = iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc="+".join(names),
-                               prefetch=True)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    desc = "+".join(names)
+    reader = ChunkReader.open(capture_path, samples_per_chunk)
+    if reader is not None:
+        loads = reader.loaders(progress, desc)
+    else:
+        loads = ((layer, lambda block=block: block) for layer, block in
+                 iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc=desc, prefetch=True))
+
+    def summarise(load):
+        return block_sums(load(), names, bins)
+
+    with reader or nullcontext(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
-        for layer, block in blocks:
-            pending.append((layer, pool.submit(block_sums, block, names, bins)))
+        for layer, load in loads:
+            pending.append((layer, pool.submit(summarise, load)))
             while len(pending) > workers:  # at most `workers` blocks in flight
                 done_layer, future = pending.popleft()
                 means.add(done_layer, future.result())
