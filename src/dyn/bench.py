@@ -91,6 +91,7 @@ def bench_metrics(repeats: int) -> list[dict]:
         for _ in iter_layer_blocks(path):
             pass
 
+    metrics.stream_metrics(path, metrics.METRICS, workers=workers)  # warm-up: numba loads (or compiles) its kernels
     read_s = median_time(lambda: xarray_read(path), repeats)
     our_read_s = median_time(our_read, repeats)
     ours_s = median_time(lambda: metrics.stream_metrics(path, metrics.METRICS, workers=workers), repeats)
