@@ -323,7 +323,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyn.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="results/bench.json")
     parser.add_argument("--capture-arch", default="deit_tiny_patch16_224", help="timm model of the capture section")
     parser.add_argument("--capture-device", default="cpu", help="where the capture section runs its model")
