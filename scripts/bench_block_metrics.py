@@ -30,20 +30,7 @@ SETS = {"all three": metrics.METRICS, "spectrum": ("spectrum",), "entropy": ("en
 
 
 # -- the implementation before numba (078ab65:src/dyn/metrics.py), code unchanged ---------------
-def old_as_numpy(a) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch tensor
-        a = a.detach().float().cpu().numpy()
-    a = np.asarray(a)
-    if a.dtype.kind != "f" or a.dtype.itemsize < 4:
-        a = a.astype(np.float32)
-    return a
-
-
-def old_channel_vectors(a, channel_axis: int = 1) -> np.ndarray:
-    a = old_as_numpy(a)
-    return np.moveaxis(a, channel_axis, -1).reshape(-1, a.shape[channel_axis])
-
-
+# Its input conversion and channels-last copy are still metrics._as_numpy / channel_vectors.
 def old_spectrum_sum(vectors: np.ndarray) -> tuple[np.ndarray, int]:
     c = vectors.shape[-1]
     half = np.abs(np.fft.rfft(vectors, axis=-1)).sum(axis=0, dtype=np.float64) / c
@@ -110,15 +97,15 @@ def old_entropy_sum(vectors: np.ndarray, bins: int = 100) -> tuple[float, int]:
 
 
 def old_magnitude_sum(a) -> tuple[float, int]:
-    a = old_as_numpy(a)
+    a = metrics._as_numpy(a)
     return float(np.abs(a).sum(dtype=np.float64)), a.size
 
 
 def old_block_sums(block, names=metrics.METRICS, bins: int = 100) -> dict[str, tuple]:
-    block = old_as_numpy(block)
+    block = metrics._as_numpy(block)
     sums = {}
     if "spectrum" in names or "entropy" in names:
-        vectors = old_channel_vectors(block)
+        vectors = metrics.channel_vectors(block)
         if "spectrum" in names:
             sums["spectrum"] = old_spectrum_sum(vectors)
         if "entropy" in names:
@@ -185,11 +172,11 @@ def spectrum_variants() -> dict:
 
     return {
         "numpy rfft, channels-last rows (old)":
-            lambda b: abs_sum(np.fft.rfft(old_channel_vectors(b), axis=-1), 0),
+            lambda b: abs_sum(np.fft.rfft(metrics.channel_vectors(b), axis=-1), 0),
         "numpy rfft along axis 1":
             lambda b: abs_sum(np.fft.rfft(positions_last(b), axis=1), (0, 2)),
         "scipy rfft, channels-last rows":
-            lambda b: abs_sum(scipy.fft.rfft(old_channel_vectors(b), axis=-1), 0),
+            lambda b: abs_sum(scipy.fft.rfft(metrics.channel_vectors(b), axis=-1), 0),
         "scipy rfft along axis 1 (new)":
             lambda b: abs_sum(scipy.fft.rfft(positions_last(b), axis=1), (0, 2)),
         "scipy rfft along axis 1, workers=2":
