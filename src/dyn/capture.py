@@ -320,20 +320,27 @@ class ChunkReader:
     def blocks(self, workers: int | None = None, progress: bool = False,
                desc: str = "layers") -> Iterator[tuple[int, np.ndarray]]:
         """(layer, block) in file order, loaded by `workers` threads a few chunks ahead."""
-        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         workers = workers or min(4, os.cpu_count() or 1)
         with self, ThreadPoolExecutor(workers, thread_name_prefix="dyn-decode") as pool:
-            pending: deque = deque()
-            for layer, load in self.loaders(progress, desc):
-                pending.append((layer, pool.submit(load)))
-                if len(pending) > workers:
-                    done_layer, future = pending.popleft()
-                    yield done_layer, future.result()
-            while pending:
-                done_layer, future = pending.popleft()
-                yield done_layer, future.result()
+            yield from in_order(pool, self.loaders(progress, desc), ahead=workers)
+
+
+def in_order(pool, tasks: Iterator[tuple[int, Callable]], ahead: int) -> Iterator[tuple[int, object]]:
+    """(key, task()) for each (key, task) of `tasks`, run on `pool`, in order, with at most
+    `ahead` + 1 tasks submitted and unread: memory stays bounded while the pool's threads are busy."""
+    from collections import deque
+
+    pending: deque = deque()
+    for key, task in tasks:
+        pending.append((key, pool.submit(task)))
+        if len(pending) > ahead:
+            done_key, future = pending.popleft()
+            yield done_key, future.result()
+    while pending:
+        done_key, future = pending.popleft()
+        yield done_key, future.result()
 
 
 def _read_ahead(iterator: Iterator, depth: int) -> Iterator:

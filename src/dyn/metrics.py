@@ -405,15 +405,14 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
     Each of `workers` threads loads (reads and decompresses) a whole chunk of the file and
     summarises it, a few chunks in flight, so memory stays bounded by a few blocks (files that are
     not in whole chunks of our layout are read through the NetCDF library by a read-ahead thread
-    instead). Pread, inflate and the kernels all run without the GIL. Returns {name: values}: a list of per-layer arrays for the spectrum (lengths may
-    differ between CNN stages), a float array of shape (layers,) for entropy and magnitude.
+    instead). Pread, inflate and the kernels all run without the GIL. Returns {name: values}: a
+    list of per-layer arrays for the spectrum (lengths may differ between CNN stages), a float array
+    of shape (layers,) for entropy and magnitude.
     """
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-
     from contextlib import nullcontext
 
-    from .capture import ChunkReader, iter_layer_blocks
+    from .capture import ChunkReader, in_order, iter_layer_blocks
 
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
@@ -427,18 +426,10 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
         loads = ((layer, lambda block=block: block) for layer, block in
                  iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc=desc, prefetch=True))
 
-    def summarise(load):
-        return block_sums(load(), names, bins)
-
+    tasks = ((layer, lambda load=load: block_sums(load(), names, bins)) for layer, load in loads)
     with reader or nullcontext(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
-        for layer, load in loads:
-            pending.append((layer, pool.submit(summarise, load)))
-            while len(pending) > workers:  # at most `workers` blocks in flight
-                done_layer, future = pending.popleft()
-                means.add(done_layer, future.result())
-        for done_layer, future in pending:
-            means.add(done_layer, future.result())
+        for layer, sums in in_order(pool, tasks, ahead=max(1, workers)):
+            means.add(layer, sums)
     return means.means()
 
 
