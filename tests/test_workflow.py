@@ -31,7 +31,7 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def test_dry_run_of_the_default_config(repo, env):
-    result = snakemake(["-n", "--cores", "2"], repo, env)
+    result = snakemake(["-n", "--cores", "2", "--forceall"], repo, env)  # also after a `make run`
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
