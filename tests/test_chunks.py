@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dyn.capture import CaptureWriter, iter_layer_blocks, _library_blocks
-from dyn.chunks import SEGMENT, decompress, fast_deflate, shuffle, unshuffle
+from dyn import chunks
+from dyn.capture import ChunkReader, CaptureWriter, iter_layer_blocks, _library_blocks
+from dyn.chunks import SEGMENT, Scratch, decompress, decompress_into, fast_deflate, shuffle, unshuffle
 
 SHAPES = [(6, 3, 3), (4, 2, 3), (6, 1, 1)]  # CNN-like: layers of different shapes, NaN-padded
 
@@ -26,6 +27,8 @@ def test_shuffle_matches_byte_loop(dtype):
     shuffled = shuffle(values).tobytes()
     assert shuffled == loop_shuffle(values)
     assert unshuffle(shuffled, dtype).tobytes() == values.tobytes()
+    out = np.full_like(values, 7)
+    assert unshuffle(shuffled, dtype, out) is out and out.tobytes() == values.tobytes()
 
 
 @pytest.mark.parametrize("size", [0, 1, 65535, 65536, SEGMENT - 1, SEGMENT + 1, 3 * SEGMENT + 12345])
@@ -38,6 +41,61 @@ def test_fast_deflate_is_a_zlib_stream(size):
     assert decompress(packed, size) == data.tobytes()
     # Stored random bytes cost 5 bytes per 64 KiB block; zeros shrink to almost nothing.
     assert len(packed) <= size // 2 + 5 * (size // 65535 + 2 * (size // SEGMENT) + 2) + 0.01 * size + 64
+
+
+@pytest.fixture(params=["ctypes", "python api"])
+def inflater(request, monkeypatch):
+    """decompress_into through libdeflate's C API, and through the deflate package's Python API (its fallback)."""
+    assert chunks._libdeflate() is not None  # the installed deflate package exports the C API
+    if request.param == "python api":
+        monkeypatch.setattr(chunks._libdeflate, "lib", None)
+    return request.param
+
+
+def test_decompress_into_fills_the_buffer_it_is_given(inflater):
+    data = np.random.default_rng(4).integers(0, 4, 300_000, dtype=np.uint8)  # deflates well
+    out = np.empty(data.size, np.uint8)
+    assert decompress_into(zlib.compress(data.tobytes(), 6), out) is out
+    np.testing.assert_array_equal(out, data)
+    out[:] = 0
+    decompress_into(np.frombuffer(fast_deflate(data), np.uint8), out)  # from an array, as a pread into scratch gives
+    np.testing.assert_array_equal(out, data)
+
+
+@pytest.mark.parametrize("wrong", ["corrupt", "too short", "too long"])
+def test_decompress_into_rejects_a_stream_that_does_not_fill_the_buffer_exactly(inflater, wrong):
+    import deflate
+
+    data = np.arange(1000, dtype=np.uint16).tobytes()
+    packed = zlib.compress(data)
+    size = {"corrupt": len(data), "too short": len(data) + 1, "too long": len(data) - 1}[wrong]
+    if wrong == "corrupt":
+        packed = packed[:10] + bytes(b ^ 0xFF for b in packed[10:20]) + packed[20:]
+    with pytest.raises(deflate.DeflateError):
+        decompress_into(packed, np.empty(size, np.uint8))
+
+
+def test_decompress_into_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    streams = [rng.integers(0, 3, 50_000 + i, dtype=np.uint8) for i in range(16)]
+    packed = [zlib.compress(s.tobytes()) for s in streams]
+
+    def inflate(i):  # each thread has its own libdeflate decompressor
+        return decompress_into(packed[i], np.empty(streams[i].size, np.uint8))
+
+    with ThreadPoolExecutor(4) as pool:
+        for got, want in zip(pool.map(inflate, range(16)), streams):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_scratch_reuses_its_memory():
+    scratch = Scratch()
+    first = scratch.get("values", 1000)
+    assert scratch.get("values", 500).ctypes.data == first.ctypes.data and scratch.get("values", 500).size == 500
+    assert scratch.get("other", 10).ctypes.data != first.ctypes.data
+    assert scratch.get("values", 2000).size == 2000  # grown
 
 
 def random_layers(rng, n, dtype=np.float32):
@@ -108,6 +166,32 @@ def test_direct_and_library_readers_agree(tmp_path):
     for (_, a), (_, b) in zip(direct, library):
         assert a.shape == b.shape
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_loads_into_scratch_equal_fresh_loads(tmp_path, level):
+    rng = np.random.default_rng(6)
+    path = write(tmp_path / "s.nc", random_layers(rng, 7), 7, 3, level)
+    scratch = Scratch()
+    with ChunkReader.open(path) as reader:
+        for index in range(len(reader.chunks)):
+            fresh = reader.load(index)
+            reused = reader.load(index, scratch=scratch)
+            assert reused.shape == fresh.shape
+            np.testing.assert_array_equal(reused, fresh)
+
+
+def test_a_truncated_file_is_reported(tmp_path):
+    rng = np.random.default_rng(7)
+    path = write(tmp_path / "t.nc", random_layers(rng, 7), 7, 3, 1)
+    reader = ChunkReader.open(path)
+    last = max(range(len(reader.chunks)), key=lambda i: reader.chunks[i][2].byte_offset)
+    with open(path, "r+b") as f:
+        f.truncate(reader.chunks[last][2].byte_offset + 10)
+    with reader, pytest.raises(OSError, match="truncated"):
+        reader.load(last, scratch=Scratch())
+    with pytest.raises(OSError, match="truncated"):
+        ChunkReader.open(path).load(last)
 
 
 def test_writes_must_cover_whole_chunks(tmp_path):

@@ -258,6 +258,7 @@ class ChunkReader:
         self.ids, self.shapes, self.chunk_shape = ids, shapes, chunk_shape
         self.dtype, self.fill, self.view = dtype, fill, view
         self.chunks = chunks  # [(layer, samples in the chunk, h5py StoreInfo)] in file order
+        self.path = path
         self.fd = os.open(path, os.O_RDONLY)
 
     def close(self) -> None:
@@ -294,21 +295,37 @@ class ChunkReader:
             return cls(path, ids, shapes, tuple(chunk_shape[1:]), variable.dtype, variable.fillvalue,
                        np.float16 if encoding == FLOAT16_BITS else None, chunks)
 
-    def load(self, index: int) -> np.ndarray:
-        """Chunk `index` of `chunks` as a (samples, C, H, W) array of its layer's own shape."""
+    def load(self, index: int, scratch=None) -> np.ndarray:
+        """Chunk `index` of `chunks` as a (samples, C, H, W) array of its layer's own shape.
+
+        With a chunks.Scratch, the file's bytes and the decoded values go into its buffers, and the
+        array returned lives there until that scratch's next use: for a caller that is done with
+        each block before it loads the next, in the same thread.
+        """
         from .chunks import decode
 
         layer, n, info = self.chunks[index]
         if info.byte_offset is None:  # never written: HDF5 would give the fill value
             values = np.full(self.chunk_shape, self.fill, dtype=self.dtype)
         else:
-            values = decode(os.pread(self.fd, info.size, info.byte_offset), self.ids, info.filter_mask,
-                            self.chunk_shape, self.dtype)
+            values = decode(self._read(info, scratch), self.ids, info.filter_mask, self.chunk_shape, self.dtype, scratch)
         c, h, w = self.shapes[layer]
         values = values[:n]
         if values.shape[1:] != (c, h, w):  # a CNN stage smaller than the widest layer
             values = np.ascontiguousarray(values[:, :c, :h, :w])
         return values.view(self.view) if self.view else values
+
+    def _read(self, info, scratch) -> bytes | np.ndarray:
+        """A chunk's bytes as stored, into scratch's buffer where given."""
+        if scratch is None:
+            data = os.pread(self.fd, info.size, info.byte_offset)
+            got = len(data)
+        else:
+            data = scratch.get("stored", info.size)
+            got = os.preadv(self.fd, [data], info.byte_offset)
+        if got != info.size:
+            raise OSError(f"{self.path}: a chunk ends past the end of the file (truncated?)")
+        return data
 
     def loaders(self, progress: bool = False, desc: str = "layers") -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
         """(layer, a function loading that chunk), in file order."""

@@ -9,7 +9,9 @@ direct chunk I/O (h5py's write_direct_chunk / read_direct_chunk).
 """
 from __future__ import annotations
 
+import ctypes
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -76,26 +78,24 @@ def _join_planes_2(planes, out):
         out[i] = np.uint16(planes[0, i]) | (np.uint16(planes[1, i]) << np.uint16(8))
 
 
-def unshuffle(data: bytes | np.ndarray, dtype) -> np.ndarray:
-    """The inverse of `shuffle` for a little-endian `dtype`: a flat array of it.
+def unshuffle(data: bytes | np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """The inverse of `shuffle` for a little-endian `dtype`: a flat array of it (in `out` if given).
 
-    Each element is put together from its byte planes in one pass (numba, for 2- and 4-byte types,
-    about 8x numpy's shifts and ors on whole planes, which are in turn 5x its transposing copy).
+    Each element is put together from its byte planes in one pass (numba) for 2- and 4-byte types,
+    the capture's float16 and float32; one strided numpy copy per plane for other sizes.
     """
     dtype = np.dtype(dtype)
     size = dtype.itemsize
     planes = np.frombuffer(data, np.uint8).reshape(size, -1)
+    if out is None:
+        out = np.empty(planes.shape[1], dtype)
     if size in (2, 4):
-        out = np.empty(planes.shape[1], f"<u{size}")
-        (_join_planes_4 if size == 4 else _join_planes_2)(planes, out)
-        return out.view(dtype)
-    if size == 1:
-        return planes[0].copy().view(dtype)
-    out = planes[size - 1].astype(f"<u{size}")
-    for k in range(size - 2, -1, -1):
-        out <<= 8
-        out |= planes[k]
-    return out.view(dtype)
+        (_join_planes_4 if size == 4 else _join_planes_2)(planes, out.view(f"<u{size}"))
+    else:
+        elements = out.view(np.uint8).reshape(-1, size)
+        for k in range(size):
+            elements[:, k] = planes[k]
+    return out
 
 
 def compress(data: bytes | np.ndarray, level: int) -> bytes:
@@ -151,21 +151,105 @@ def decompress(data: bytes, size: int) -> bytes:
     return deflate.zlib_decompress(data, size)
 
 
+class Scratch:
+    """Buffers that one thread reuses from chunk to chunk (ChunkReader.load, decode).
+
+    A fresh multi-megabyte array for every chunk costs a page fault per 4 KiB, since glibc gives
+    large blocks back to the kernel when they are freed: measured on a CaiT-S24 capture, those
+    faults took more CPU time than inflating the chunks.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, nbytes: int) -> np.ndarray:
+        """A uint8 array of `nbytes`, the same memory as the last `get` of `name` where it fits."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = self._buffers[name] = np.empty(nbytes, np.uint8)
+        return buffer[:nbytes]
+
+
+class _Decompressor:
+    """One libdeflate decompressor (they are not thread-safe: one per thread), freed with this object."""
+
+    def __init__(self, lib):
+        self.lib, self.pointer = lib, lib.libdeflate_alloc_decompressor()
+        if not self.pointer:
+            raise MemoryError("libdeflate could not allocate a decompressor")
+
+    def __del__(self):
+        self.lib.libdeflate_free_decompressor(self.pointer)
+
+
+_LIBDEFLATE_RESULTS = {1: "bad data", 2: "shorter than expected", 3: "longer than expected"}
+_thread_state = threading.local()
+
+
+def _libdeflate():
+    """libdeflate's C API through ctypes, or None where it is not reachable.
+
+    The `deflate` package builds libdeflate into its extension module with the C API exported; its
+    Python API has no way to inflate into a given buffer, which this needs. ctypes calls release the GIL.
+    """
+    lib = getattr(_libdeflate, "lib", False)
+    if lib is False:
+        from deflate import _deflate
+
+        try:
+            lib = ctypes.CDLL(_deflate.__file__)
+            lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+            lib.libdeflate_free_decompressor.argtypes = [ctypes.c_void_p]
+            lib.libdeflate_zlib_decompress.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                                       ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        except (OSError, AttributeError):  # another build of the package: fall back to its Python API
+            lib = None
+        _libdeflate.lib = lib
+    return lib
+
+
+def decompress_into(data: bytes | np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Inflate a zlib stream into `out` (C-contiguous uint8), which it must fill exactly."""
+    import deflate
+
+    lib = _libdeflate()
+    if lib is None:
+        inflated = decompress(data, out.nbytes)
+        result = 2 if len(inflated) < out.nbytes else 0
+        out[:len(inflated)] = np.frombuffer(inflated, np.uint8)
+    else:
+        decompressor = getattr(_thread_state, "decompressor", None)
+        if decompressor is None:
+            decompressor = _thread_state.decompressor = _Decompressor(lib)
+        source = np.frombuffer(data, np.uint8)
+        result = lib.libdeflate_zlib_decompress(decompressor.pointer, source.ctypes.data, source.nbytes,
+                                                out.ctypes.data, out.nbytes, None)
+    if result:
+        raise deflate.DeflateError(f"cannot inflate a chunk: {_LIBDEFLATE_RESULTS.get(result, result)}")
+    return out
+
+
 def encode(values: np.ndarray, ids: tuple[int, ...], level: int) -> bytes | np.ndarray:
     """One whole chunk (the chunk's full shape) through the filter pipeline `ids`, as a buffer."""
     data = shuffle(values) if SHUFFLE in ids else np.ascontiguousarray(values)
     return compress(data, level) if DEFLATE in ids else data.reshape(-1)
 
 
-def decode(data: bytes, ids: tuple[int, ...], filter_mask: int, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """One chunk read with read_direct_chunk back to an array of `shape`.
+def decode(data: bytes | np.ndarray, ids: tuple[int, ...], filter_mask: int, shape: tuple[int, ...], dtype,
+           scratch: Scratch | None = None) -> np.ndarray:
+    """One chunk as stored in the file (read_direct_chunk, or a pread) back to an array of `shape`.
 
     Bit i of `filter_mask` set means the library skipped filter i for this chunk (HDF5 may store a
-    chunk unfiltered when an optional filter fails), so that filter is not undone either.
+    chunk unfiltered when an optional filter fails), so that filter is not undone either. With
+    `scratch`, the result may live in its buffers (or in `data`): valid until its next use.
     """
     dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
     applied = [f for i, f in enumerate(ids) if not filter_mask & (1 << i)]
     if DEFLATE in applied:
-        data = decompress(data, int(np.prod(shape)) * dtype.itemsize)
-    values = unshuffle(data, dtype) if SHUFFLE in applied else np.frombuffer(data, dtype)
+        data = decompress_into(data, scratch.get("inflated", nbytes) if scratch else np.empty(nbytes, np.uint8))
+    if SHUFFLE in applied:
+        values = unshuffle(data, dtype, scratch.get("values", nbytes).view(dtype) if scratch else None)
+    else:
+        values = np.frombuffer(data, dtype)
     return values.reshape(shape)

@@ -409,10 +409,13 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
     list of per-layer arrays for the spectrum (lengths may differ between CNN stages), a float array
     of shape (layers,) for entropy and magnitude.
     """
+    import functools
+    import threading
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import nullcontext
 
     from .capture import ChunkReader, in_order, iter_layer_blocks
+    from .chunks import Scratch
 
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
@@ -423,10 +426,19 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
     if reader is not None:
         loads = reader.loaders(progress, desc)
     else:
-        loads = ((layer, lambda block=block: block) for layer, block in
+        loads = ((layer, lambda scratch, block=block: block) for layer, block in
                  iter_layer_blocks(capture_path, samples_per_chunk, progress=progress, desc=desc, prefetch=True))
 
-    tasks = ((layer, lambda load=load: block_sums(load(), names, bins)) for layer, load in loads)
+    # Each worker thread loads chunk after chunk into the same buffers (a block is summed before
+    # the thread's next load), so the pass does not page-fault fresh memory in for every chunk.
+    per_thread = threading.local()
+
+    def summarise(load):
+        if not hasattr(per_thread, "scratch"):
+            per_thread.scratch = Scratch()
+        return block_sums(load(scratch=per_thread.scratch), names, bins)
+
+    tasks = ((layer, functools.partial(summarise, load)) for layer, load in loads)
     with reader or nullcontext(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for layer, sums in in_order(pool, tasks, ahead=max(1, workers)):
             means.add(layer, sums)
