@@ -10,8 +10,9 @@ For one layer's activations A with C channels at every position (sample, y, x):
 Each metric has a `*_sum` form returning (sum over positions, number of positions), so a
 file can be streamed chunk by chunk and the chunks' sums added up. The `block_*_sum` forms read
 a block as (samples, C, positions), the memory layout of a (samples, C, H, W) capture block,
-instead of copying it channels-last: scipy's FFT along the channel axis for the spectrum, numba
-kernels for the entropy (numpy.histogram's arithmetic, bit for bit) and the magnitude.
+instead of copying it channels-last: an FFT along the channel axis vectorised across positions for
+the spectrum (channel_fft.py; scipy's for channel counts it does not cover), numba kernels for the
+entropy (numpy.histogram's arithmetic, bit for bit) and the magnitude.
 """
 from __future__ import annotations
 
@@ -83,20 +84,23 @@ def _rfft(x: np.ndarray, axis: int) -> np.ndarray:
 
 def spectrum_sum(vectors: np.ndarray) -> tuple[np.ndarray, int]:
     """Sum over rows of |F[k]| (length C, float64) and the number of rows."""
-    c = vectors.shape[-1]
-    half = np.abs(_rfft(vectors, axis=-1)).sum(axis=0, dtype=np.float64) / c
-    return _mirrored(half, c), vectors.shape[0]
+    return block_spectrum_sum(channel_major(vectors))
 
 
 def block_spectrum_sum(x: np.ndarray) -> tuple[np.ndarray, int]:
     """spectrum_sum of a (samples, C, positions) block, transformed along its channel axis in place.
 
-    scipy's pocketfft runs transforms along a middle axis several at a time in SIMD lanes: faster
-    than numpy's rfft of channels-last rows, even before counting the copy into that layout.
+    Channel counts that are 2 x a product of 2s and 3s (every ViT width) go through our own FFT,
+    vectorised across positions (channel_fft.py); others through scipy's pocketfft, which also runs
+    transforms along a middle axis several at a time in SIMD lanes.
     """
+    from . import channel_fft
+
     samples, c, positions = x.shape
-    half = np.abs(_rfft(x, axis=1)).sum(axis=(0, 2), dtype=np.float64) / c
-    return _mirrored(half, c), samples * positions
+    half = channel_fft.abs_sums(_as_kernel_floats(x))
+    if half is None:
+        half = np.abs(_rfft(x, axis=1)).sum(axis=(0, 2), dtype=np.float64)
+    return _mirrored(half / c, c), samples * positions
 
 
 # -- entropy: numpy.histogram's counts at every position, in numba --------------------------------
