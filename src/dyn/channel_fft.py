@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from .jit import kernel
+from .jit import as_float_of, kernel
 
 RADICES = (4, 2, 3)  # tried in this order: radix 4 needs the fewest passes over the data
 TILE = 256  # positions transformed together: the working rows (about 3 x M x TILE x 8 bytes) stay in L2
@@ -29,9 +29,8 @@ TILE = 256  # positions transformed together: the working rows (about 3 x M x TI
 
 @functools.lru_cache(maxsize=64)
 def plan(c: int, dtype) -> tuple | None:
-    """(radices, stage twiddles, output twiddles, constants) for C channels in `dtype`, or None unless
-    C is even with C/2 a product of 2s and 3s. The constants 1/2 and sqrt(3)/2 come in `dtype`, so
-    that float32 arithmetic stays float32 in numba (where a float literal is float64)."""
+    """(radices, stage twiddles, output twiddles) for C channels in `dtype`, or None unless C is even
+    with C/2 a product of 2s and 3s."""
     if c < 2 or c % 2:
         return None
     m, radices = c // 2, []
@@ -51,12 +50,11 @@ def plan(c: int, dtype) -> tuple | None:
         n //= radix
     w = np.exp(-2j * np.pi * np.arange(c // 2 + 1) / c)
     output_twiddles = np.stack([w.real, w.imag]).astype(dtype)
-    constants = np.array([0.5, np.sqrt(3) / 2], dtype)
-    return np.array(radices, np.int64), stage_twiddles, output_twiddles, constants
+    return np.array(radices, np.int64), stage_twiddles, output_twiddles
 
 
 @kernel
-def _stage(src_re, re, src_im, im, dst_re, dst_im, width, n, s, radix, twiddles, constants):
+def _stage(src_re, re, src_im, im, dst_re, dst_im, width, n, s, radix, twiddles):
     """One Stockham stage, decimation in frequency: the length-n sub-transforms of stride s, radix `radix`.
 
     Input element e of position j < width is src_re[e, re + j] + i src_im[e, im + j] (the offsets let
@@ -101,7 +99,7 @@ def _stage(src_re, re, src_im, im, dst_re, dst_im, width, n, s, radix, twiddles,
                     dst_re[o0, j], dst_im[o0, j] = a0r + a1r, a0i + a1i
                     dst_re[o1, j], dst_im[o1, j] = br * w1r - bi * w1i, br * w1i + bi * w1r
             else:  # 3: exp(-2 pi i / 3) = -1/2 - i sqrt(3)/2
-                half, root = constants[0], constants[1]
+                half, root = as_float_of(0.5, w1r), as_float_of(0.8660254037844386, w1r)  # the twiddles' type
                 i1, i2 = i0 + s * m, i0 + 2 * s * m
                 o1, o2 = o0 + s, o0 + 2 * s
                 for j in range(width):
@@ -119,10 +117,10 @@ def _stage(src_re, re, src_im, im, dst_re, dst_im, width, n, s, radix, twiddles,
 
 
 @kernel
-def _add_abs_spectrum(z_re, re, z_im, im, width, twiddles, constants, lanes):
+def _add_abs_spectrum(z_re, re, z_im, im, width, twiddles, lanes):
     """lanes[k, j] += |X[k]| of position j, k = 0..M, from the complex FFT Z of its packed channels."""
     m = z_re.shape[0]
-    half = constants[0]
+    half = as_float_of(0.5, twiddles[0, 0])
     for k in range(m + 1):
         ka, kb = k % m, (m - k) % m
         wr, wi = twiddles[0, k], twiddles[1, k]
@@ -137,7 +135,7 @@ def _add_abs_spectrum(z_re, re, z_im, im, width, twiddles, constants, lanes):
 
 
 @kernel
-def _abs_sums(x, radices, stage_twiddles, output_twiddles, constants, tile):
+def _abs_sums(x, radices, stage_twiddles, output_twiddles, tile):
     """sum over samples and positions of |X[k]|, k = 0..C/2, of a (samples, C, positions) block."""
     samples, c, positions = x.shape
     m = c // 2
@@ -151,19 +149,19 @@ def _abs_sums(x, radices, stage_twiddles, output_twiddles, constants, tile):
         for p0 in range(0, positions, tile):
             width = min(tile, positions - p0)
             if stages == 0:  # C = 2: Z = z
-                _add_abs_spectrum(packed, p0, packed, positions + p0, width, output_twiddles, constants, lanes)
+                _add_abs_spectrum(packed, p0, packed, positions + p0, width, output_twiddles, lanes)
                 continue
             # the first stage reads the block itself, the others one pair of buffers and write the other
             _stage(packed, p0, packed, positions + p0, real[0], imag[0], width, m, 1, radices[0],
-                   stage_twiddles[0], constants)
+                   stage_twiddles[0])
             n, stride = m // radices[0], radices[0]
             for t in range(1, stages):
                 _stage(real[(t - 1) % 2], 0, imag[(t - 1) % 2], 0, real[t % 2], imag[t % 2], width, n, stride,
-                       radices[t], stage_twiddles[t], constants)
+                       radices[t], stage_twiddles[t])
                 n //= radices[t]
                 stride *= radices[t]
             last = (stages - 1) % 2
-            _add_abs_spectrum(real[last], 0, imag[last], 0, width, output_twiddles, constants, lanes)
+            _add_abs_spectrum(real[last], 0, imag[last], 0, width, output_twiddles, lanes)
     return lanes.sum(axis=1)
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import warnings
 
-from numba import njit
+import numpy as np
+
+from numba import njit, types
+from numba.extending import overload
 
 
 def kernel(function):
@@ -20,3 +23,16 @@ def kernel(function):
         warnings.warn(f"numba finds no writable cache dir for {function.__module__}, so each process compiles "
                       "its kernels (seconds): set NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
         return njit(**options)(function)
+
+
+def as_float_of(value, like):
+    """value in the float type of `like`, for kernels that must stay in float32 on float32 input (in
+    numba a float literal is float64, and float32 * int is float64; numpy 2 keeps float32)."""
+    return type(like)(value)
+
+
+@overload(as_float_of)
+def _as_float_of_numba(value, like):
+    if like == types.float32:
+        return lambda value, like: np.float32(value)
+    return lambda value, like: np.float64(value)

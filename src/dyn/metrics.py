@@ -20,9 +20,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from numba import types
-from numba.extending import overload
-
+from .jit import as_float_of
 from .jit import kernel as _kernel
 
 METRICS = ("spectrum", "entropy", "magnitude")
@@ -119,18 +117,6 @@ _RANGE_ERROR = ("numpy.histogram: a channel vector has no finite range to bin "
                 "(NaN or inf values, or a constant too large to widen by 0.5)")
 
 
-def _as_float_of(value, like):
-    """value in the float type of `like` (in numba, float32 * int is float64; numpy 2 keeps float32)."""
-    return type(like)(value)
-
-
-@overload(_as_float_of)
-def _as_float_of_numba(value, like):
-    if like == types.float32:
-        return lambda value, like: np.float32(value)
-    return lambda value, like: np.float64(value)
-
-
 @_kernel
 def _outer_edges(x, s, p0, low, high):
     """numpy.histogram's outer edges of positions p0.. of sample s: min..max over channels,
@@ -144,7 +130,7 @@ def _outer_edges(x, s, p0, low, high):
             v = row[j]
             low[j] = v if v < low[j] else low[j]
             high[j] = v if v > high[j] else high[j]
-    half = _as_float_of(0.5, low[0])
+    half = as_float_of(0.5, low[0])
     for j in range(n):
         if low[j] == high[j]:
             low[j] -= half
@@ -158,7 +144,7 @@ def _linspace_steps(low, high, bins, delta, step):
     False where a width is not finite and positive (NaN, inf, or a constant too large to widen):
     numpy.histogram raises there too.
     """
-    fbins = _as_float_of(bins, low[0])
+    fbins = as_float_of(bins, low[0])
     for j in range(low.shape[0]):
         delta[j] = high[j] - low[j]
         step[j] = delta[j] / fbins
@@ -182,7 +168,7 @@ def _bin_counters(row, low, delta, step, bins, tiny_steps, counter):
 
     `tiny_steps`: some position's step underflowed to 0, which takes numpy's other linspace formula.
     """
-    fbins = _as_float_of(bins, row[0])
+    fbins = as_float_of(bins, row[0])
     zero = fbins - fbins
     one = fbins / fbins
     last = np.int32(bins - 1)
@@ -195,7 +181,7 @@ def _bin_counters(row, low, delta, step, bins, tiny_steps, counter):
         inside = (f >= zero) & (f <= fbins)
         outside |= not inside
         i = min(np.int32(f if inside else zero), last)  # hi itself goes into the last bin
-        k = _as_float_of(i, v)
+        k = as_float_of(i, v)
         if tiny_steps:
             edge = _linspace_edge(k, low[j], delta[j], step[j], fbins)
             next_edge = _linspace_edge(k + one, low[j], delta[j], step[j], fbins)
