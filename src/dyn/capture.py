@@ -14,9 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Callable, Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -115,8 +113,8 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
             device: "str | torch.device" = "cpu", progress: bool = False) -> Path:
     """Write the activations of every layer of `model` on `images` to `path` (atomically).
 
-    The model computes batch i+1 while a background thread compresses and writes batch i: zlib
-    and HDF5 run without the GIL, so on a GPU machine writing costs little beyond the forward.
+    The model computes batch i+1 while a background thread hands batch i to a CaptureWriter, whose
+    threads shuffle and deflate its chunks without the GIL (chunks.py).
     """
     import queue
     import threading

@@ -4,8 +4,9 @@ The capture's `activation` variable uses HDF5's standard shuffle + deflate filte
 reader can read it. Left to the library, those filters run one chunk at a time under HDF5's global
 lock, with zlib: about 50 MB/s to write, which made writing slower than the forward pass. Here the
 same byte streams are made in Python threads instead (ISA-L's deflate to write, libdeflate to read:
-both release the GIL and run several times faster than zlib) and whole chunks move through HDF5's
-direct chunk I/O (h5py's write_direct_chunk / read_direct_chunk).
+both release the GIL and run several times faster than zlib). Whole chunks are written with HDF5's
+direct chunk I/O (h5py's write_direct_chunk) and read with plain preads at the places HDF5 gives
+(capture.ChunkReader).
 """
 from __future__ import annotations
 
