@@ -26,10 +26,10 @@ test-fast: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not e2e"
 
 bench: $(BIN)/dyn
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m dyn.bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench.py
 
 bench-gpu: $(BIN)/dyn
-	$(BIN)/python -m dyn.bench_gpu --compile
+	$(BIN)/python benchmarks/bench_gpu.py --compile
 
 lint: $(BIN)/dyn
 	$(BIN)/snakemake --lint

@@ -12,6 +12,7 @@ import dyn.models  # noqa: F401  (registers the embedded architectures with timm
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "benchmarks"))  # `import bench`: the benchmark scripts are not in the package
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def tool(name: str) -> str:
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory) -> Path:
     """An untrained cait_digits checkpoint (fixed seed), as `dyn fetch` would write it."""
-    from dyn.fetch import save_weights
+    from dyn.models import save_weights
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "cait.safetensors"

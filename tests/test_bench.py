@@ -4,8 +4,9 @@ import pytest
 import timm
 import torch
 
-from dyn import bench, metrics
-from dyn.tasks import LayerDistillationTask
+import bench
+from dyn.analysis import metrics
+from dyn.training.task import LayerDistillationTask
 
 
 def test_reference_step_computes_the_same_loss_as_ours():
@@ -36,4 +37,4 @@ def test_loop_baseline_runs_and_unknown_section_is_one_line(capsys):
     bench.loop_metrics(np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32))
     assert bench.main(["--only", "metrics,speed"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "dyn.bench: error: unknown section(s) speed: valid are metrics, memory, capture, train, dag"]
+        "bench: error: unknown section(s) speed: valid are metrics, memory, capture, train, dag"]

@@ -7,25 +7,26 @@ import timm
 import torch
 import xarray as xr
 
-from dyn import metrics
-from dyn.capture import capture, iter_layer_blocks
+from dyn.analysis import metrics
+from dyn.analysis.capture import capture, iter_layer_blocks
 from dyn.data import build_dataset, build_transform, fixed_subset, stack
 from dyn.models import features
 
 
-def _capture(tmp_path, arch, n=10, dtype="float32", chunk=4):
+def _capture(tmp_path, arch, n=10, dtype="float32", chunk=4, level=0):
     torch.manual_seed(0)
     model = timm.create_model(arch).eval()
     images = fixed_subset(build_dataset({"name": "digits"}, "val", build_transform(model, train=False)), n)
     path = capture(model, images, tmp_path / f"{arch}.nc", {"model": arch, "checkpoint_sha256": "abc",
                                                              "dataset": "digits", "split": "val"},
-                   dtype=dtype, samples_per_chunk=chunk)
+                   dtype=dtype, samples_per_chunk=chunk, compression_level=level)
     return model, stack(images)[0], path
 
 
-@pytest.mark.parametrize("arch", ["deit_digits", "cait_digits", "resnet_digits"])
-def test_round_trip_matches_features(tmp_path, arch):
-    model, x, path = _capture(tmp_path, arch)
+@pytest.mark.parametrize("arch, level", [("deit_digits", 0), ("cait_digits", 0), ("resnet_digits", 0),
+                                         ("resnet_digits", 4)])
+def test_round_trip_matches_features(tmp_path, arch, level):
+    model, x, path = _capture(tmp_path, arch, level=level)
     with torch.inference_mode():
         expected = [m.numpy() for m in features(model, x)]
     with xr.open_dataset(path) as ds:
@@ -37,7 +38,10 @@ def test_round_trip_matches_features(tmp_path, arch):
         for key in ("model", "checkpoint_sha256", "dataset", "split", "layer_kind", "dyn_version", "created"):
             assert key in ds.attrs
         assert ds.attrs["layer_kind"] == ("stage" if arch.startswith("resnet") else "block")
-        assert act.encoding["zlib"] and act.encoding["chunksizes"] == (1, 4) + act.shape[2:]
+        assert act.encoding["chunksizes"] == (1, 4) + act.shape[2:]
+        # the standard filters when compressed, none at level 0
+        assert act.encoding["zlib"] == act.encoding["shuffle"] == (level > 0)
+        assert act.encoding["complevel"] == level
         for layer, fmap in enumerate(expected):
             _, c, h, w = fmap.shape
             assert (ds["channels"][layer], ds["height"][layer], ds["width"][layer]) == (c, h, w)
@@ -87,20 +91,18 @@ def test_streaming_equals_in_memory(tmp_path, arch, chunk):
     model, x, path = _capture(tmp_path, arch)
     with torch.inference_mode():
         maps = features(model, x)
-    spectra = metrics.stream_metric(path, "spectrum", samples_per_chunk=chunk)
-    entropy = metrics.stream_metric(path, "entropy", bins=100, samples_per_chunk=chunk)
-    magnitude = metrics.stream_metric(path, "magnitude", samples_per_chunk=chunk)
+    streamed = metrics.stream_metrics(path, metrics.METRICS, bins=100, samples_per_block=chunk)
     for layer, fmap in enumerate(maps):
-        np.testing.assert_allclose(spectra[layer], metrics.channel_spectrum(fmap), rtol=1e-6)
-        assert entropy[layer] == pytest.approx(metrics.channel_entropy(fmap), rel=1e-12)
-        assert magnitude[layer] == pytest.approx(metrics.activation_magnitude(fmap), rel=1e-9)
+        np.testing.assert_allclose(streamed["spectrum"][layer], metrics.channel_spectrum(fmap), rtol=1e-6)
+        assert streamed["entropy"][layer] == pytest.approx(metrics.channel_entropy(fmap), rel=1e-12)
+        assert streamed["magnitude"][layer] == pytest.approx(metrics.activation_magnitude(fmap), rel=1e-9)
 
 
-def test_one_pass_with_worker_threads_equals_one_metric_at_a_time(tmp_path):
+def test_one_pass_equals_one_metric_at_a_time(tmp_path):
     _, _, path = _capture(tmp_path, "resnet_digits", n=10, chunk=3)
-    together = metrics.stream_metrics(path, metrics.METRICS, bins=50, workers=3)
+    together = metrics.stream_metrics(path, metrics.METRICS, bins=50, workers=2)
     for name in metrics.METRICS:
-        alone = metrics.stream_metric(path, name, bins=50)
+        alone = metrics.stream_metrics(path, (name,), bins=50)[name]
         if name == "spectrum":
             for a, b in zip(together[name], alone):
                 np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from dyn import config as configuration
+from dyn.workflow import config as configuration
 from dyn.errors import UserError
 
 
@@ -87,7 +87,7 @@ def test_layer_spec_too_deep_for_the_student(default, schema):
 
 
 def test_paper_config_is_the_deit_recipe(repo, schema):
-    from dyn.recipe import Recipe
+    from dyn.training.recipe import Recipe
 
     cfg = configuration.load(repo / "config" / "paper.yaml", schema)
     configuration.check_models(cfg)
@@ -107,9 +107,22 @@ def test_paper_config_is_the_deit_recipe(repo, schema):
 
 
 def test_recipe_defaults_are_deits():
-    from dyn.recipe import Recipe
+    from dyn.training.recipe import Recipe
 
     recipe = Recipe()
     assert (recipe.lr_base, recipe.lr_base_size, recipe.weight_decay, recipe.warmup_epochs) == (5e-4, 512, 0.05, 5)
     assert (recipe.batch_size, recipe.alpha, recipe.temperature, recipe.crop_pct) == (256, 0.9, 1.0, 0.875)
     assert recipe.augment and recipe.amp and not recipe.compile and not recipe.ema
+
+
+def test_recipe_defaults_are_stated_once_the_schema_holds_the_same(schema):
+    # The recipe's defaults live in dyn.training.recipe.Recipe; the schema, which fills a config's
+    # missing train keys, must give the same value for every key, and know no other key.
+    import dataclasses
+
+    from dyn.training.recipe import Recipe
+
+    properties = yaml.safe_load(schema.read_text())["properties"]["train"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(Recipe)}
+    assert set(properties) == set(fields)
+    assert {name: spec.get("default") for name, spec in properties.items()} == fields

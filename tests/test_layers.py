@@ -1,6 +1,6 @@
 import pytest
 
-from dyn import layers
+from dyn.workflow import layers
 from dyn.errors import UserError
 
 

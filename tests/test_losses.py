@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dyn import losses
+from dyn.training import losses
 
 
 def _maps(*shape, seed=0):

@@ -5,11 +5,11 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-import dyn.train
-from dyn.distill import distill
-from dyn.recipe import Recipe
-from dyn.runs import RunSpec
-from dyn.train import NonFiniteLoss
+import dyn.training.loop
+from dyn.errors import NonFiniteLoss
+from dyn.training.distill import distill
+from dyn.training.recipe import Recipe
+from dyn.workflow.runs import RunSpec
 
 DIGITS = {"name": "digits"}
 RECIPE = dict(batch_size=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
@@ -43,7 +43,7 @@ def test_resume_after_interruption_is_bit_identical(teacher, tmp_path, monkeypat
     spec = RunSpec("spectral", "First1+Last1", 0.2, 3, 1)
     _run(teacher, tmp_path / "whole", spec, state=tmp_path / "whole.pt")
 
-    real_save = dyn.train.save_state
+    real_save = dyn.training.loop.save_state
     calls = []
 
     def save_then_die(*args, **kwargs):
@@ -52,11 +52,11 @@ def test_resume_after_interruption_is_bit_identical(teacher, tmp_path, monkeypat
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed right after epoch 2's state reached the disk
 
-    monkeypatch.setattr(dyn.train, "save_state", save_then_die)
+    monkeypatch.setattr(dyn.training.loop, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
     assert not (tmp_path / "broken" / "summary.json").exists()
-    monkeypatch.setattr(dyn.train, "save_state", real_save)
+    monkeypatch.setattr(dyn.training.loop, "save_state", real_save)
     summary = _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
 
     whole = load_file(tmp_path / "whole" / "student.safetensors")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from .analysis.metrics import METRICS
+from .errors import NonFiniteLoss, UserError
+from .workflow.runs import METHODS
 
 log = logging.getLogger("dyn")
 
@@ -67,8 +69,8 @@ def cli():
 def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, train_cfg, device, threads):
     """Make resources/checkpoints/<model>.safetensors and its JSON (source, sha256, val accuracy)."""
     _setup(threads)
-    from .fetch import fetch as run_fetch
-    from .recipe import Recipe
+    from .training.fetch import fetch as run_fetch
+    from .training.recipe import Recipe
 
     run_fetch(name, arch, weights, out, dataset_cfg, Recipe.from_dict(train_cfg), epochs=epochs, seed=seed,
               device=device, evaluate_model=evaluate, state_path=Path(state) if state else None)
@@ -82,7 +84,8 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 @click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--samples-per-chunk", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--compression-level", type=click.IntRange(0, 9), default=1, show_default=True)
+@click.option("--compression-level", type=click.IntRange(0, 9), default=0, show_default=True,
+              help="zlib level of the NetCDF file (0: uncompressed).")
 @dataset_option
 @device_option
 @threads_option
@@ -90,43 +93,31 @@ def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, c
             device, threads):
     """Write the per-layer activations of N fixed validation images to NetCDF."""
     _setup(threads)
-    from .capture import capture as run_capture
-    from .data import build_dataset, build_transform, fixed_subset
-    from .fetch import load_checkpoint
-    from .models import sha256_of
-    from .distributed import resolve_device
+    from .analysis.capture import capture_checkpoint
 
-    model = load_checkpoint(arch, checkpoint)
-    images = fixed_subset(build_dataset(dataset_cfg, "val", build_transform(model, train=False)), num_images)
-    attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
-             "dataset": dataset_cfg.get("name", "digits"), "split": "val"}
-    run_capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
-                compression_level=compression_level, device=resolve_device(device), progress=_progress())
-    log.info("wrote %s (%d images)", out, len(images))
-
-
-@cli.command()
-@click.argument("name", type=click.Choice(["spectrum", "entropy", "magnitude"]))
-@click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc (a .csv is written beside).")
-@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True, help="Entropy histogram bins.")
-@click.option("--samples-per-chunk", type=click.IntRange(min=1), default=None,
-              help="Samples read at a time (default: the file's chunk).")
-@threads_option
-def metrics(name, capture_path, out, bins, samples_per_chunk, threads):
-    """Compute one per-layer metric (spectrum, entropy or magnitude) of a capture file."""
-    _setup(None)  # no torch here: --threads is the number of worker threads
-    from .metrics import write_metric
-
-    if not Path(capture_path).is_file():
-        raise UserError(f"capture file not found: {capture_path}")
-    write_metric(capture_path, name, out, bins=bins, samples_per_chunk=samples_per_chunk, progress=_progress(),
-                 workers=threads or 1)
+    capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
+                       compression_level, device, progress=_progress())
     log.info("wrote %s", out)
 
 
 @cli.command()
-@click.option("--method", required=True, type=click.Choice(["softkd", "spectral", "projector"]))
+@click.argument("name", type=click.Choice(METRICS))
+@click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc (a .csv is written beside).")
+@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True, help="Entropy histogram bins.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads of the spectrum's FFT.")
+def metrics(name, capture_path, out, bins, threads):
+    """Compute one per-layer metric (spectrum, entropy or magnitude) of a capture file."""
+    _setup(None)  # no torch here
+    from .analysis.metrics import write_metric
+
+    write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads)
+    log.info("wrote %s", out)
+
+
+@cli.command()
+@click.option("--method", required=True, type=click.Choice(METHODS))
 @click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
 @click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the feature loss.")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
@@ -148,9 +139,9 @@ def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkp
             num_images, bins, evolution_every, dataset_cfg, train_cfg, device, threads):
     """Train one student (SoftKD, SpectralKD or ProjectorKD) and write its run directory."""
     _setup(threads)
-    from .distill import distill as run_distill
-    from .recipe import Recipe
-    from .runs import RunSpec
+    from .training.distill import distill as run_distill
+    from .training.recipe import Recipe
+    from .workflow.runs import RunSpec
 
     spec = RunSpec(method, layer_spec, beta, epochs, seed)
     summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
@@ -171,7 +162,7 @@ def report():
 def report_table(summaries, out):
     """Table 1 (CSV) from run summary.json files."""
     _setup(None)
-    from .tables import write_table1
+    from .report.tables import write_table1
 
     rows = write_table1(summaries, out)
     log.info("wrote %s (%d runs)", out, len(rows))
@@ -196,7 +187,7 @@ def _formats(value: str) -> list[str]:
 @formats_option
 def report_profiles(entropy_files, magnitude_files, out, formats):
     """Per-layer entropy and magnitude curves of several models."""
-    from .figures import profiles
+    from .report.figures import profiles
 
     profiles(entropy_files, magnitude_files, out, _formats(formats))
 
@@ -207,7 +198,7 @@ def report_profiles(entropy_files, magnitude_files, out, formats):
 @formats_option
 def report_spectrum(spectrum_file, out, formats):
     """Layer x frequency heatmap of one model's channel spectrum."""
-    from .figures import spectrum_heatmap
+    from .report.figures import spectrum_heatmap
 
     spectrum_heatmap(spectrum_file, out, _formats(formats))
 
@@ -218,7 +209,7 @@ def report_spectrum(spectrum_file, out, formats):
 @formats_option
 def report_evolution(evolution_files, out, formats):
     """The student's entropy profile over training, one panel per run."""
-    from .figures import evolution
+    from .report.figures import evolution
 
     evolution(evolution_files, out, _formats(formats))
 
@@ -231,7 +222,7 @@ def report_evolution(evolution_files, out, formats):
 def gpu_run(gpus, pool, command):
     """Run COMMAND on free GPUs of this machine: take slots, set CUDA_VISIBLE_DEVICES, hold them till it ends."""
     _setup(None)
-    from .gpu_slots import run_on_free_gpus
+    from .workflow.gpu_slots import run_on_free_gpus
 
     sys.exit(run_on_free_gpus(gpus, command, Path(pool) if pool else None))
 
@@ -243,12 +234,9 @@ def gpu_run(gpus, pool, command):
 @click.option("--models/--no-models", default=True, help="Also check model names and layer specs against depths.")
 def check_config(config_file, schema, models):
     """Validate a workflow config and list its distillation runs."""
-    from . import config as configuration
+    from .workflow.config import check_file
 
-    cfg = configuration.load(config_file, schema)
-    if models:
-        configuration.check_models(cfg)
-    for spec in configuration.run_specs(cfg):
+    for spec in check_file(config_file, schema, models):
         click.echo(spec.run_id)
 
 
@@ -266,10 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         # Usage mistakes (unknown option, bad value): the one-line message, not the usage block.
         click.echo(f"dyn: error: {error.format_message()}", err=True)
         sys.exit(2)
-    except Exception as error:
+    except NonFiniteLoss as error:
         # A diverged run: one line naming the epoch and step; the last good state is kept, no summary.
-        if type(error).__name__ != "NonFiniteLoss":  # checked by name: importing dyn.train costs torch
-            raise
         click.echo(f"dyn: error: {error}", err=True)
         sys.exit(3)
 

@@ -1,4 +1,4 @@
-"""Models by timm name, the tiny embedded architectures, checkpoints and per-layer features.
+"""Models by timm name, the tiny embedded architectures, checkpoint I/O and per-layer features.
 
 The embedded architectures are built from timm's own classes (Cait, VisionTransformer,
 ResNet) at a size that trains on scikit-learn's 8x8 digits in seconds, and are registered
@@ -150,9 +150,34 @@ def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = N
     return model.forward_head(final), maps
 
 
+# -- checkpoints -----------------------------------------------------------------------------------
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_weights(model: nn.Module, path: str | Path) -> str:
+    """Save a state dict as safetensors atomically; returns its sha256."""
+    from safetensors.torch import save_file
+
+    from .workflow.atomic import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+    return sha256_of(path)
+
+
+def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A model from a fetched checkpoint, in eval mode; the class count comes from the JSON beside it."""
+    import json
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint file not found: {checkpoint}")
+    meta = checkpoint.with_suffix(".json")
+    n_classes = json.loads(meta.read_text())["num_classes"] if meta.is_file() else None
+    return create_model(arch, num_classes=n_classes, checkpoint=checkpoint).to(device).eval()

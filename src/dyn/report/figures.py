@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from ..workflow.atomic import atomic_path  # noqa: E402
 
 
 def save(fig, out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -47,7 +47,7 @@ def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str 
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Per-layer entropy and magnitude (U shape: compression, then expansion)")
+    fig.suptitle(f"Per-layer entropy and magnitude of {len(entropy_files)} model(s)")
     return save(fig, out_base, formats)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from ..workflow.atomic import atomic_path
 
 log = logging.getLogger("dyn")
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 from timm.task import LogitDistillationTask
 
 from . import losses
-from .models import features
-from .runs import METHODS
+from ..models import features
+from ..workflow.runs import METHODS
 
 
 class AlignedStudent(nn.Module):

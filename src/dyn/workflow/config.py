@@ -1,22 +1,22 @@
-"""Workflow config: schema validation with defaults, cross-key checks, and the expanded run grid.
+"""Workflow config: Snakemake's schema validation (defaults filled in), cross-key checks, the run grid.
 
 Every mistake becomes a UserError whose message is one line naming the key and what is valid,
 so the Snakefile and the CLI can end with that line and exit code 2.
 """
 from __future__ import annotations
 
-import copy
 import itertools
+import json
 from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from . import layers
 from .runs import RunSpec
-from .errors import UserError
 
 
-def _path(error) -> str:
+def _where(error) -> str:
     parts = []
     for part in error.absolute_path:
         parts.append(f"[{part}]" if isinstance(part, int) else (f".{part}" if parts else str(part)))
@@ -24,7 +24,8 @@ def _path(error) -> str:
 
 
 def _one_line(error) -> str:
-    where = _path(error)
+    """A jsonschema ValidationError as one line: where, and what would be valid."""
+    where = _where(error)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
@@ -38,30 +39,20 @@ def _one_line(error) -> str:
     return f"config error at {where}: {error.message}"
 
 
-def _validator(schema: dict):
-    """A Draft 2020-12 validator that also fills in each property's default, like Snakemake's `validate`."""
-    from jsonschema import Draft202012Validator, validators
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
-    return cls(schema)
-
-
 def validate(config: dict, schema_path: str | Path) -> dict:
-    """Fill defaults into `config` in place and check it; raises UserError with one line."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = _validator(schema)
-    # Fill defaults first (a pass that may also raise), then report the most relevant error.
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
-    if errors:
-        raise UserError(_one_line(errors[0]))
-    validator.validate(config)  # second pass fills defaults of objects created in the first
+    """Check `config` against the schema with `snakemake.utils.validate`, which fills in the schema's
+    defaults in place, then the keys that refer to each other; raises UserError with one line."""
+    from jsonschema import ValidationError
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as snakemake_validate
+
+    try:
+        snakemake_validate(config, str(Path(schema_path).resolve()), set_default=True)
+    except WorkflowError as error:
+        cause = error.__context__  # snakemake raises it while handling jsonschema's error
+        if not isinstance(cause, ValidationError):
+            raise
+        raise UserError(_one_line(cause)) from None
     _check_references(config)
     return config
 
@@ -129,7 +120,7 @@ def check_models(config: dict, cache: str | Path | None = None) -> None:
     depths = _model_depths([m["arch"] for m in config["models"].values()], cache)
     for key, model in config["models"].items():
         if depths[model["arch"]] is None:
-            from .models import check_model_name
+            from ..models import check_model_name
 
             try:
                 check_model_name(model["arch"])
@@ -143,10 +134,9 @@ def check_models(config: dict, cache: str | Path | None = None) -> None:
 
 def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int | None]:
     """{arch: number of feature layers, or None for a name timm does not know}."""
-    import json
     from importlib.metadata import version
 
-    from . import __version__
+    from .. import __version__
 
     key = f"timm {version('timm')}, dyn {__version__}"  # dyn registers the embedded architectures
     cache = Path(cache) if cache else None
@@ -158,7 +148,7 @@ def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int |
             known = {}
     missing = [arch for arch in dict.fromkeys(archs) if arch not in known]
     if missing:
-        from . import models
+        from .. import models
 
         for arch in missing:
             known[arch] = models.depth_of(arch) if models.is_known(arch) else None
@@ -173,6 +163,7 @@ def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int |
 
 
 def load(path: str | Path, schema_path: str | Path) -> dict:
+    """Read a YAML config file and validate it (see `validate`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -180,4 +171,14 @@ def load(path: str | Path, schema_path: str | Path) -> dict:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys (device, dataset, models, ...)")
     return validate(config, schema_path)
+
+
+def check_file(path: str | Path, schema_path: str | Path, models: bool = True) -> list[RunSpec]:
+    """`dyn check-config`: load and check a config file; returns the runs its grid expands to."""
+    config = load(path, schema_path)
+    if models:
+        check_models(config)
+    return run_specs(config)

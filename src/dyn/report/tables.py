@@ -6,8 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from .atomic import write_text
-from .runs import METHODS
+from ..workflow.atomic import write_text
+from ..workflow.runs import METHODS
 
 COLUMNS = ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5", "best_top1", "delta_top1")
 

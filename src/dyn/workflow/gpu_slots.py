@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("dyn")
 
@@ -67,19 +67,13 @@ def try_acquire(count: int, pool: Path, gpus: Sequence[str]) -> tuple[list[str],
     return None
 
 
-def acquire(count: int, pool: Path, gpus: Sequence[str], poll_seconds: float = 1.0,
-            timeout: float | None = None) -> tuple[list[str], list[int]]:
+def acquire(count: int, pool: Path, gpus: Sequence[str], poll_seconds: float = 1.0) -> tuple[list[str], list[int]]:
     """Wait until `count` slots are free and lock them; returns (gpu ids, lock descriptors)."""
     if count > len(gpus):
         raise UserError(f"a job asks for {count} GPU(s) but only {len(gpus)} are visible ({','.join(gpus) or 'none'})")
-    started = time.monotonic()
-    while True:
-        got = try_acquire(count, pool, gpus)
-        if got is not None:
-            return got
-        if timeout is not None and time.monotonic() - started > timeout:
-            raise TimeoutError(f"no {count} free GPU slot(s) in {pool} after {timeout:.0f} s")
+    while (got := try_acquire(count, pool, gpus)) is None:
         time.sleep(poll_seconds)
+    return got
 
 
 def run_on_free_gpus(count: int, command: Sequence[str], pool: Path | None = None) -> int:

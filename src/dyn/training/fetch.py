@@ -12,28 +12,20 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from . import __version__
-from .atomic import atomic_path, write_json
-from .config import weights_kind
-from .data import build_dataset, num_classes
-from .errors import UserError
+from .. import __version__
+from ..data import build_dataset, num_classes
+from ..errors import UserError
+from ..models import create_model, save_weights
+from ..workflow.atomic import write_json
+from ..workflow.config import weights_kind
+from .batches import split_batches
 from .distributed import World, init
-from .models import create_model, sha256_of
+from .loop import evaluate, fit
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .state import clear_state, fingerprint_of, seed_everything
-from .train import evaluate, fit, split_batches
 
 log = logging.getLogger("dyn")
-
-
-def save_weights(model: torch.nn.Module, path: str | Path) -> str:
-    """Save a state dict as safetensors atomically; returns its sha256."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata={"format": "pt"})
-    return sha256_of(path)
 
 
 def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Recipe, epochs: int, seed: int,
@@ -92,14 +84,3 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
     clear_state(state_path)
     return info
 
-
-def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A model from a fetched checkpoint; the class count comes from the JSON beside it."""
-    import json
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint file not found: {checkpoint}")
-    meta = checkpoint.with_suffix(".json")
-    n_classes = json.loads(meta.read_text())["num_classes"] if meta.is_file() else None
-    return create_model(arch, num_classes=n_classes, checkpoint=checkpoint).to(device).eval()

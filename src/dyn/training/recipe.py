@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One device session's checks, run from the repository root on a CUDA machine:
-#   1. the GPU training-step benchmark (python -m dyn.bench_gpu --compile);
+#   1. the GPU training-step benchmark (benchmarks/bench_gpu.py --compile);
 #   2. the CUDA paths of the real CLI on the embedded digits: teacher training, SpectralKD with bf16
 #      and EMA, ProjectorKD with torch.compile, torchrun + NCCL, a GPU slot, capture + metrics;
 #   3. the same SpectralKD run in float32 on the CPU, to compare accuracy with the bf16 GPU run.
-# Usage: scripts/gpu_check.sh OUT_DIR [DEVICE]   (DEVICE=cpu makes it a quick smoke test of this script)
+# Usage: benchmarks/gpu_check.sh OUT_DIR [DEVICE]   (DEVICE=cpu makes it a quick smoke test of this script)
 set -uo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR [DEVICE]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [DEVICE]}
 dev=${2:-cuda}
 epochs=${EPOCHS:-10}
 mkdir -p "$out"
@@ -26,9 +26,9 @@ step() {  # step NAME COMMAND...: run, log to $out/NAME.log, report the time and
 { nvidia-smi -L 2>/dev/null; $py -c 'import torch, timm, numpy; print("torch", torch.__version__, "timm", timm.__version__, "numpy", numpy.__version__, "cuda", torch.cuda.is_available())'; } | tee "$out/summary.txt"
 
 if [ "$dev" = cuda ]; then
-    step bench_gpu $py -m dyn.bench_gpu --compile --out "$out/bench_gpu.json"
+    step bench_gpu $py benchmarks/bench_gpu.py --compile --out "$out/bench_gpu.json"
 else
-    step bench_gpu $py -m dyn.bench_gpu --device cpu --batch 2 --steps 1 --warmup 1 --out "$out/bench_gpu.json"
+    step bench_gpu $py benchmarks/bench_gpu.py --device cpu --batch 2 --steps 1 --warmup 1 --out "$out/bench_gpu.json"
 fi
 
 digits='{"name": "digits"}'

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import layers
-from .errors import UserError
+from ..errors import UserError
 
 METHODS = ("softkd", "spectral", "projector")
 

@@ -16,20 +16,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import __version__, distributed, layers
-from .atomic import atomic_path, write_json, write_text
-from .data import build_dataset, build_transform, fixed_subset, num_classes, stack
-from .errors import UserError
-from .fetch import load_checkpoint, save_weights
-from .models import create_model, depth_of, sha256_of
+from .. import __version__
+from ..data import build_dataset, build_transform, fixed_subset, num_classes, stack
+from ..errors import UserError
+from ..models import create_model, depth_of, load_checkpoint, save_weights, sha256_of
+from ..workflow import layers
+from ..workflow.atomic import write_json, write_text
+from ..workflow.runs import RunSpec
+from . import distributed
+from .batches import split_batches
+from .evolution import layer_profile, write_evolution
+from .loop import fit
 from .recipe import Recipe, make_optimizer, make_scheduler
-from .runs import RunSpec
-from .tasks import LayerDistillationTask
 from .state import clear_state, fingerprint_of, seed_everything
-from .train import fit, layer_profile, split_batches
+from .task import LayerDistillationTask
 
 log = logging.getLogger("dyn")
 
@@ -49,20 +51,6 @@ def _write_log_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def write_evolution(path: Path, snapshots: list[tuple[int, dict]], attrs: dict) -> None:
-    """The student's per-layer entropy and magnitude at each snapshot epoch, dims (epoch, layer)."""
-    import xarray as xr
-
-    epochs = [e for e, _ in snapshots]
-    data = {name: (("epoch", "layer"), np.stack([p[name] for _, p in snapshots]).astype(np.float64))
-            for name in snapshots[0][1]}
-    ds = xr.Dataset(data, coords={"epoch": epochs, "layer": np.arange(data["entropy"][1].shape[1])}, attrs=attrs)
-    ds["entropy"].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
-    ds["magnitude"].attrs.update(long_name="mean absolute activation")
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UserError
+from ..errors import UserError
 
 _RELATIVE = re.compile(r"^(First|Last)([1-9][0-9]*)$")
 _PAIR = re.compile(r"^s([0-9]+):t([0-9]+)$")

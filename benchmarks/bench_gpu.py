@@ -1,6 +1,6 @@
 """GPU training-step benchmark: cait_s24_224 -> deit_tiny_patch16_224, SpectralKD First1+Last1, batch 128.
 
-    python -m dyn.bench_gpu [--steps 20] [--compile]
+    python benchmarks/bench_gpu.py [--steps 20] [--compile]     (make bench-gpu)
 
 Random weights and synthetic images (nothing is downloaded); under 5 minutes on one H100. Our step
 (bf16 autocast with the FFT in float32, teacher under inference_mode, fused AdamW, no host sync per
@@ -34,7 +34,7 @@ def _timed(step, x, y, warmup: int, steps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dyn.bench_gpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/bench_gpu.py", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
@@ -43,15 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test of this script)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("dyn.bench_gpu: error: no CUDA device visible", file=sys.stderr)
+        print("bench_gpu: error: no CUDA device visible", file=sys.stderr)
         return 2
 
     import timm
 
-    from .atomic import write_json
-    from .bench import reference_step_fn
-    from .recipe import Recipe, make_optimizer
-    from .tasks import LayerDistillationTask
+    from bench import reference_step_fn
+    from dyn.training.recipe import Recipe, make_optimizer
+    from dyn.training.task import LayerDistillationTask
+    from dyn.workflow.atomic import write_json
 
     device = torch.device(args.device)
     pairs = [(0, 0), (11, 23)]  # First1+Last1 of a 12-block student and a 24-block teacher

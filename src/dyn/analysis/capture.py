@@ -1,0 +1,189 @@
+"""Run a model over fixed images and stream its per-layer activations into a NetCDF file.
+
+Contract (ARCHITECTURE.md): variable `activation` with dims (layer, sample, channel, y, x), chunked
+by (1 layer, a block of samples), with the standard zlib + shuffle filters when compressed; coords
+`layer` and `sample`; attrs model, arch, checkpoint_sha256, dataset, split, layer_kind, dyn_version,
+created. Layers of different shapes (CNN stages) share the array: each is stored in the leading
+(channels, height, width) corner, the rest is NaN, and the per-layer coords `channels`, `height`
+and `width` say how much of the corner is real. Files are written and read through netCDF4, one
+block of samples of one layer at a time, so memory stays one block. Reading needs no torch.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import __version__
+from ..workflow.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+# NetCDF has no half-precision type: float16 captures store the IEEE half bit patterns as uint16
+# (attribute `dyn_encoding`), and `iter_layer_blocks` views them back as float16.
+FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float16"
+_STORAGE = {"float32": "f4", "float16": "u2"}  # NetCDF types
+
+
+class CaptureWriter:
+    """Writes blocks of samples, layer by layer, into a capture file laid out per the contract.
+
+    Use as a context manager: the file appears at `path` only when the block exits cleanly.
+    """
+
+    def __init__(self, path: str | os.PathLike, layer_shapes: list[tuple[int, int, int]], n_samples: int,
+                 attrs: dict, dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 0):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown capture dtype '{dtype}': valid are {', '.join(DTYPES)}")
+        self.path, self.layer_shapes, self.n_samples = Path(path), [tuple(s) for s in layer_shapes], n_samples
+        self.attrs, self.dtype, self.level = attrs, dtype, compression_level
+        self.chunk = min(samples_per_chunk, n_samples)
+
+    def __enter__(self) -> "CaptureWriter":
+        import netCDF4
+
+        self._atomic = atomic_path(self.path)
+        self._root = netCDF4.Dataset(self._atomic.__enter__(), "w", format="NETCDF4")
+        self._variable = _create_layout(self._root, self.layer_shapes, self.n_samples, self.dtype, self.chunk,
+                                        self.level, self.attrs)
+        return self
+
+    def write(self, layer: int, start: int, block: np.ndarray) -> None:
+        """Samples start.. of one layer: a (samples, C, H, W) array of that layer's own shape, NaN-padded
+        here to the widest layer's, so that every write covers whole chunks."""
+        shape = (block.shape[0], *self._variable.shape[2:])
+        self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._root.close()
+        finally:
+            self._atomic.__exit__(*exc)
+
+
+def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike, attrs: dict,
+            dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 0,
+            device: "str | torch.device" = "cpu", progress: bool = False) -> Path:
+    """Write the activations of every layer of `model` on `images` to `path` (atomically)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..models import features, layer_kind
+
+    model = model.eval().to(device)
+    # Batches of exactly one chunk: each write fills whole chunks.
+    loader = DataLoader(images, batch_size=samples_per_chunk, shuffle=False)
+    writer = None
+    start = 0
+    try:
+        for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
+            with torch.inference_mode():
+                maps = [m.float().cpu().numpy() for m in features(model, batch.to(device))]
+            if writer is None:  # the layer shapes are known after the first batch
+                writer = CaptureWriter(path, [m.shape[1:] for m in maps], len(images),
+                                       {**attrs, "layer_kind": layer_kind(model)}, dtype, samples_per_chunk,
+                                       compression_level).__enter__()
+            for layer, fmap in enumerate(maps):
+                writer.write(layer, start, fmap)
+            start += batch.shape[0]
+    except BaseException as error:
+        if writer is not None:
+            writer.__exit__(type(error), error, error.__traceback__)
+        raise
+    writer.__exit__(None, None, None)
+    return Path(path)
+
+
+def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out: str | os.PathLike,
+                       dataset_cfg: dict, num_images: int = 64, dtype: str = "float32", samples_per_chunk: int = 16,
+                       compression_level: int = 0, device: str = "auto", progress: bool = False) -> Path:
+    """`dyn capture`: a fetched checkpoint's activations on the first `num_images` validation images."""
+    from ..data import build_dataset, build_transform, fixed_subset
+    from ..models import load_checkpoint, sha256_of
+    from ..training.distributed import resolve_device
+
+    model = load_checkpoint(arch, checkpoint)
+    images = fixed_subset(build_dataset(dataset_cfg, "val", build_transform(model, train=False)), num_images)
+    attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
+             "dataset": dataset_cfg.get("name", "digits"), "split": "val"}
+    return capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
+                   compression_level=compression_level, device=resolve_device(device), progress=progress)
+
+
+def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
+    """A (B, C, H, W) block in the file's storage type, NaN-padded to `shape`."""
+    values = block.astype(DTYPES[dtype], copy=False)
+    if values.shape != tuple(shape):
+        b, c, h, w = values.shape
+        full = np.full(shape, np.nan, dtype=DTYPES[dtype])
+        full[:b, :c, :h, :w] = values
+        values = full
+    return np.ascontiguousarray(values) if dtype == "float32" else values.view(np.uint16)
+
+
+def _create_layout(root, layer_shapes, n_samples, dtype, samples_per_chunk, level, attrs):
+    shapes = np.array(layer_shapes, dtype=np.int32)
+    n_layers = len(layer_shapes)
+    c, h, w = (int(v) for v in shapes.max(axis=0))
+    for name, size in (("layer", n_layers), ("sample", n_samples), ("channel", c), ("y", h), ("x", w)):
+        root.createDimension(name, size)
+    for name, description in (("layer", "0-based block (ViT) or stage (CNN) index"),
+                              ("sample", "index into the dataset split"), ("channel", "channel index"),
+                              ("y", "row of the patch grid / feature map"),
+                              ("x", "column of the patch grid / feature map")):
+        var = root.createVariable(name, "i4", (name,))
+        var[:] = np.arange(len(root.dimensions[name]))
+        var.long_name = description
+    for index, name in enumerate(("channels", "height", "width")):
+        var = root.createVariable(name, "i4", ("layer",))
+        var[:] = shapes[:, index]
+        var.long_name = f"number of valid {name[:-1] if name == 'channels' else name} entries of each layer"
+    # Every element is written (padding included), so a fill value is only a label: NaN for float32,
+    # none for the uint16 of float16 captures, which xarray would otherwise decode to float32.
+    fill = np.float32(np.nan) if dtype == "float32" else False
+    compression = dict(compression="zlib", complevel=level, shuffle=True) if level > 0 else {}
+    variable = root.createVariable("activation", _STORAGE[dtype], ("layer", "sample", "channel", "y", "x"),
+                                   fill_value=fill, chunksizes=(1, samples_per_chunk, c, h, w), **compression)
+    variable.coordinates = "channels height width"
+    variable.long_name = "layer activations (ViT: patch tokens only, on the patch grid)"
+    variable.set_auto_maskandscale(False)
+    if dtype == "float16":
+        variable.dyn_encoding = FLOAT16_BITS
+    root.setncatts({
+        "dyn_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **{key: ("" if value is None else value) for key, value in attrs.items()},
+    })
+    return variable
+
+
+def iter_layer_blocks(path: str | os.PathLike, samples_per_block: int | None = None, progress: bool = False,
+                      desc: str = "layers") -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (layer, activations of a block of samples), each layer's padding cut off, through netCDF4.
+
+    The default block is the file's own chunk of samples; memory stays one block of
+    (samples, C, H, W) values. float16 captures come back as float16.
+    """
+    import netCDF4
+
+    with netCDF4.Dataset(path) as root:
+        variable = root["activation"]
+        variable.set_auto_maskandscale(False)
+        chunking = variable.chunking()
+        step = samples_per_block or (chunking[1] if chunking != "contiguous" else 16)
+        shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
+        float16 = getattr(variable, "dyn_encoding", None) == FLOAT16_BITS
+        n_layers, n_samples = variable.shape[:2]
+        for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
+            c, h, w = shapes[layer]
+            for start in range(0, n_samples, step):
+                block = np.asarray(variable[layer, start:start + step, :c, :h, :w])
+                yield layer, block.view(np.float16) if float16 else block
+

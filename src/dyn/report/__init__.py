@@ -1,0 +1,1 @@
+"""Table 1 and the figures, from the metric files and the run directories."""

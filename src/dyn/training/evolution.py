@@ -1,0 +1,41 @@
+"""The student's entropy profile as training goes on: per-layer snapshots and the evolution.nc file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..analysis import metrics
+from ..models import features
+from ..workflow.atomic import atomic_path
+
+
+def layer_profile(model: nn.Module, images: torch.Tensor, bins: int = metrics.DEFAULT_BINS,
+                  batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per-layer entropy and magnitude of `model` on fixed images (all layers), as in the analysis."""
+    was_training = model.training
+    model.eval()
+    means = metrics.LayerMeans()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            for layer, fmap in enumerate(features(model, images[start:start + batch_size].to(device))):
+                means.add(layer, metrics.block_sums(fmap, ("entropy", "magnitude"), bins))
+    model.train(was_training)
+    return means.means()
+
+
+def write_evolution(path: Path, snapshots: list[tuple[int, dict]], attrs: dict) -> None:
+    """The student's per-layer entropy and magnitude at each snapshot epoch, dims (epoch, layer)."""
+    import xarray as xr
+
+    epochs = [e for e, _ in snapshots]
+    data = {name: (("epoch", "layer"), np.stack([p[name] for _, p in snapshots]).astype(np.float64))
+            for name in snapshots[0][1]}
+    ds = xr.Dataset(data, coords={"epoch": epochs, "layer": np.arange(data["entropy"][1].shape[1])}, attrs=attrs)
+    ds["entropy"].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
+    ds["magnitude"].attrs.update(long_name="mean absolute activation")
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
