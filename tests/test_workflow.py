@@ -74,26 +74,11 @@ def test_config_mistake_ends_in_one_line_exit_2(repo, env, tmp_path):
         "FirstK, LastK, '+'-joined parts like First1+Last1, explicit pairs like s0:t0,s11:t23, or none"]
 
 
-TINY = {
-    "dataset": {"name": "digits"},
-    "models": {"cait": {"arch": "cait_digits", "weights": "train", "epochs": 1},
-               "deit": {"arch": "deit_digits", "weights": "train", "epochs": 1},
-               "resnet": {"arch": "resnet_digits", "weights": "train", "epochs": 1}},
-    "analysis": {"models": ["cait", "deit", "resnet"], "num_images": 8, "samples_per_chunk": 4},
-    "train": {"batch_size": 128, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": False,
-              "num_workers": 0, "eval_batch_size": 512, "crop_pct": None},
-    "distill": {"teacher": "cait", "student": "deit", "evolution_every": 1, "runs": [
-        {"method": "softkd", "epochs": 2},
-        {"method": "spectral", "layers": ["First1+Last1", "s0:t0,s7:t11"], "beta": 0.2, "epochs": 2},
-        {"method": "projector", "layers": "Last1", "beta": 0.2, "epochs": 2}]},
-}
-
-
 @pytest.mark.e2e
 def test_end_to_end_tiny_config(repo, env, tmp_path):
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
-    result = snakemake(["--cores", "2", "-s", str(repo / "workflow" / "Snakefile")], tmp_path, env, timeout=900)
+    config = str(repo / ".test" / "config" / "config.yaml")
+    workflow = ["-s", str(repo / "workflow" / "Snakefile"), "--configfile", config]
+    result = snakemake(["--cores", "2", *workflow], tmp_path, env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = tmp_path / "results"
 
@@ -130,6 +115,18 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert (results / "logs" / "distill" / "softkd_none_b0_e2_s0.log").read_text().count("epoch ") >= 2
     assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
 
+    for rule, name in [("fetch", "cait"), ("capture", "resnet"), ("distill", "softkd_none_b0_e2_s0")]:
+        assert (results / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\th:m:s")
+
     # Nothing left to do: a second invocation is a no-op.
-    again = snakemake(["-n", "--cores", "2", "-s", str(repo / "workflow" / "Snakefile")], tmp_path, env)
+    again = snakemake(["-n", "--cores", "2", *workflow], tmp_path, env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # One HTML page with Table 1 and every figure, each with its caption.
+    report = snakemake(["--report", "results/report.html", *workflow], tmp_path, env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (results / "report.html").read_text()
+    for name in ["table1.csv", "profiles.png", "evolution.png", "spectrum_cait.png", "spectrum_resnet.png"]:
+        assert name in html, name
+    assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 1
+    assert "one row per distillation run" in html and "Channel spectrum of resnet" in html

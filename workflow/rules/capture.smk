@@ -1,4 +1,5 @@
-# Activations of N fixed validation images, every layer, into NetCDF.
+# Activations of N fixed validation images, every layer, into NetCDF. In the group `analysis` with
+# the metric jobs of the same model: on a cluster the four run as one job (local runs ignore groups).
 
 
 rule capture:
@@ -8,6 +9,10 @@ rule capture:
         "results/activations/{model}.nc",
     log:
         "results/logs/capture/{model}.log",
+    benchmark:
+        "results/benchmarks/capture/{model}.tsv"
+    group:
+        "analysis"
     conda:
         "../envs/dyn.yaml"
     params:

@@ -4,13 +4,14 @@ import re
 import sys
 from pathlib import Path
 
-from dyn import config as dyn_config
-from dyn.errors import UserError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+from dyn.errors import UserError
+from dyn.workflow import config as dyn_config
 
 try:
-    dyn_config.validate(config, SCHEMA)
+    # snakemake.utils.validate against the schema (its defaults filled in), then the cross-key checks.
+    dyn_config.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
     # Model names and depths are cached: a restart then skips importing torch and timm.
     dyn_config.check_models(config, cache=".snakemake/dyn-model-depths.json")
 except UserError as error:
@@ -18,8 +19,10 @@ except UserError as error:
     print(f"dyn: {error}", file=sys.stderr)
     sys.exit(2)
 
-# Jobs find the `dyn` installed beside the Python that runs Snakemake, even from an unactivated venv.
-shell.prefix(f'export PATH="{Path(sys.executable).parent}:$PATH"; ')
+# Jobs find the `dyn` installed beside the Python that runs Snakemake, even from an unactivated venv;
+# under --use-conda each job uses its conda environment's own `dyn` instead.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f'export PATH="{Path(sys.executable).parent}:$PATH"; ')
 
 MODELS = config["models"]
 TEACHER = config["distill"]["teacher"]
@@ -56,3 +59,9 @@ def checkpoint_path(model):
 def figure_paths():
     names = ["profiles", "evolution"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FORMATS]
+
+
+def reported(path, name, category, caption):
+    """A figure `path` ('{fmt}' in it) in every configured format, each flagged for `snakemake --report`."""
+    return [report(path.format(fmt=fmt), caption=caption, category=category, labels={"figure": name, "format": fmt})
+            for fmt in FORMATS]

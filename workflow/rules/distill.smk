@@ -11,6 +11,8 @@ rule distill:
         evolution="results/runs/{run}/evolution.nc",
     log:
         "results/logs/distill/{run}.log",
+    benchmark:
+        "results/benchmarks/distill/{run}.tsv"
     conda:
         "../envs/dyn.yaml"
     params:

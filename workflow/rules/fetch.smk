@@ -7,6 +7,8 @@ rule fetch:
         info="resources/checkpoints/{model}.json",
     log:
         "results/logs/fetch/{model}.log",
+    benchmark:
+        "results/benchmarks/fetch/{model}.tsv"
     conda:
         "../envs/dyn.yaml"
     params:

@@ -1,4 +1,4 @@
-# The three per-layer lenses, each streamed over a capture file.
+# The three per-layer lenses, each streamed over a capture file; grouped with the capture (capture.smk).
 
 
 rule spectrum:
@@ -9,6 +9,8 @@ rule spectrum:
         csv="results/metrics/{model}/spectrum.csv",
     log:
         "results/logs/metrics/{model}/spectrum.log",
+    group:
+        "analysis"
     conda:
         "../envs/dyn.yaml"
     threads: 1
@@ -24,6 +26,8 @@ rule entropy:
         csv="results/metrics/{model}/entropy.csv",
     log:
         "results/logs/metrics/{model}/entropy.log",
+    group:
+        "analysis"
     conda:
         "../envs/dyn.yaml"
     params:
@@ -42,6 +46,8 @@ rule magnitude:
         csv="results/metrics/{model}/magnitude.csv",
     log:
         "results/logs/metrics/{model}/magnitude.log",
+    group:
+        "analysis"
     conda:
         "../envs/dyn.yaml"
     threads: 1

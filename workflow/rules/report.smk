@@ -1,11 +1,11 @@
-# Table 1 and the figures.
+# Table 1 and the figures, each marked for the Snakemake report with a caption (workflow/report/*.rst).
 
 
 rule table1:
     input:
         expand("results/runs/{run}/summary.json", run=RUNS),
     output:
-        "results/table1.csv",
+        report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
     log:
         "results/logs/report/table1.log",
     conda:
@@ -19,7 +19,7 @@ rule figure_profiles:
         entropy=expand("results/metrics/{model}/entropy.nc", model=ANALYSIS["models"]),
         magnitude=expand("results/metrics/{model}/magnitude.nc", model=ANALYSIS["models"]),
     output:
-        expand("results/figures/profiles.{fmt}", fmt=FORMATS),
+        reported("results/figures/profiles.{fmt}", "profiles", "Analysis", "../report/profiles.rst"),
     log:
         "results/logs/report/profiles.log",
     conda:
@@ -37,7 +37,8 @@ rule figure_spectrum:
     input:
         "results/metrics/{model}/spectrum.nc",
     output:
-        expand("results/figures/spectrum_{{model}}.{fmt}", fmt=FORMATS),
+        reported("results/figures/spectrum_{{model}}.{fmt}", "spectrum {model}", "Analysis",
+                 "../report/spectrum.rst"),
     log:
         "results/logs/report/spectrum_{model}.log",
     conda:
@@ -53,7 +54,7 @@ rule figure_evolution:
     input:
         expand("results/runs/{run}/evolution.nc", run=RUNS),
     output:
-        expand("results/figures/evolution.{fmt}", fmt=FORMATS),
+        reported("results/figures/evolution.{fmt}", "evolution", "Distillation", "../report/evolution.rst"),
     log:
         "results/logs/report/evolution.log",
     conda:
