@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test test-fast bench bench-gpu lint clean
+.PHONY: run report test test-fast bench bench-gpu lint clean
 
 $(BIN)/dyn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/dyn: pyproject.toml
 
 run: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# One HTML page with Table 1 and every figure (after `make run`).
+report: $(BIN)/dyn
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html $(SNAKEMAKE_ARGS)
 
 # Two workers, one test file each at a time: the Slurm test spends most of its time waiting on the
 # scheduler, and the other files run meanwhile.

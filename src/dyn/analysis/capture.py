@@ -1,12 +1,13 @@
 """Run a model over fixed images and stream its per-layer activations into a NetCDF file.
 
-Contract (ARCHITECTURE.md): variable `activation` with dims (layer, sample, channel, y, x), chunked
-by (1 layer, a block of samples), with the standard zlib + shuffle filters when compressed; coords
-`layer` and `sample`; attrs model, arch, checkpoint_sha256, dataset, split, layer_kind, dyn_version,
-created. Layers of different shapes (CNN stages) share the array: each is stored in the leading
-(channels, height, width) corner, the rest is NaN, and the per-layer coords `channels`, `height`
-and `width` say how much of the corner is real. Files are written and read through netCDF4, one
-block of samples of one layer at a time, so memory stays one block. Reading needs no torch.
+The file contract (README, "What comes out"): variable `activation` with dims (layer, sample,
+channel, y, x), chunked by (1 layer, a block of samples), with the standard zlib + shuffle filters
+when compressed; coords `layer` and `sample`; attrs model, arch, checkpoint_sha256, dataset, split,
+layer_kind, dyn_version, created. Layers of different shapes (CNN stages) share the array: each is
+stored in the leading (channels, height, width) corner, the rest is NaN, and the per-layer coords
+`channels`, `height` and `width` say how much of the corner is real. Files are written and read
+through netCDF4, one block of samples of one layer at a time, so memory stays one block. Reading
+needs no torch.
 """
 from __future__ import annotations
 

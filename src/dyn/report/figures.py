@@ -33,7 +33,7 @@ def _label(ds: xr.Dataset, fallback: str) -> str:
 def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str | Path], out_base: str | Path,
              formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Per-layer entropy and magnitude of each model against relative depth (0 = first layer, 1 = last)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for files, name, ax in ((entropy_files, "entropy", axes[0]), (magnitude_files, "magnitude", axes[1])):
         for path in files:
             with xr.open_dataset(path) as ds:

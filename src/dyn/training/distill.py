@@ -1,6 +1,6 @@
 """One distillation run: teacher checkpoint + student from scratch -> the run directory's files.
 
-Outputs (ARCHITECTURE.md): summary.json (written last: a summary means the run is complete),
+Outputs (README, "What comes out"): summary.json (written last: a summary means the run is complete),
 log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), and for
 ProjectorKD projector.safetensors. The resumable state lives in `state_path`, outside them.
 """

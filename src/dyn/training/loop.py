@@ -1,5 +1,5 @@
 """The training loop: one epoch of a timm task, then the end-of-epoch step (evaluation, log row,
-evolution snapshot, resume state), as timm's train.py splits it.
+evolution snapshot, resume state), as timm's train.py splits train_one_epoch from the rest.
 
 Used both to train a model on its own (`dyn fetch` with weights: train, a ClassificationTask)
 and to distil a student (`dyn distill`, a LayerDistillationTask), in one process or data-parallel
