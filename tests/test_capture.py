@@ -132,3 +132,18 @@ def test_metric_files(tmp_path):
         assert (tmp_path / f"{name}.csv").read_text().startswith("layer,")
     with xr.open_dataset(tmp_path / "entropy.nc") as ds:
         assert ds.attrs["bins"] == 100
+
+
+def test_a_capture_that_fails_part_way_leaves_no_file(tmp_path):
+    class Breaks(torch.utils.data.Dataset):  # the sixth image cannot be read
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            if index == 5:
+                raise OSError("unreadable image")
+            return torch.zeros(1, 8, 8), 0
+
+    with pytest.raises(OSError, match="unreadable"):
+        capture(timm.create_model("deit_digits"), Breaks(), tmp_path / "x.nc", {"model": "x"}, samples_per_chunk=4)
+    assert list(tmp_path.iterdir()) == []

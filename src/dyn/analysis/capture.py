@@ -11,6 +11,7 @@ needs no torch.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from pathlib import Path
@@ -81,24 +82,18 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
     model = model.eval().to(device)
     # Batches of exactly one chunk: each write fills whole chunks.
     loader = DataLoader(images, batch_size=samples_per_chunk, shuffle=False)
-    writer = None
-    start = 0
-    try:
+    with contextlib.ExitStack() as stack:  # the writer, once opened, sees how the block ends
+        writer, start = None, 0
         for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
             with torch.inference_mode():
                 maps = [m.float().cpu().numpy() for m in features(model, batch.to(device))]
             if writer is None:  # the layer shapes are known after the first batch
-                writer = CaptureWriter(path, [m.shape[1:] for m in maps], len(images),
-                                       {**attrs, "layer_kind": layer_kind(model)}, dtype, samples_per_chunk,
-                                       compression_level).__enter__()
+                writer = stack.enter_context(CaptureWriter(
+                    path, [m.shape[1:] for m in maps], len(images), {**attrs, "layer_kind": layer_kind(model)},
+                    dtype, samples_per_chunk, compression_level))
             for layer, fmap in enumerate(maps):
                 writer.write(layer, start, fmap)
             start += batch.shape[0]
-    except BaseException as error:
-        if writer is not None:
-            writer.__exit__(type(error), error, error.__traceback__)
-        raise
-    writer.__exit__(None, None, None)
     return Path(path)
 
 

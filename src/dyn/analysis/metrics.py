@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_index
 
 METRICS = ("spectrum", "entropy", "magnitude")
 DEFAULT_BINS = 100
@@ -30,9 +31,7 @@ def channel_major(a, channel_axis: int = 1) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind != "f" or a.dtype.itemsize < 4:  # float16 and ints: work in float32
         a = a.astype(np.float32)
-    axis = channel_axis % a.ndim if -a.ndim <= channel_axis < a.ndim else None
-    if axis is None:
-        raise np.exceptions.AxisError(channel_axis, a.ndim)
+    axis = normalize_axis_index(channel_axis, a.ndim)  # AxisError if out of range
     samples, positions = math.prod(a.shape[:axis]), math.prod(a.shape[axis + 1:])
     return np.ascontiguousarray(a).reshape(samples, a.shape[axis], positions)
 
