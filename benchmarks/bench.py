@@ -54,7 +54,7 @@ def synthetic_capture(path: Path, layers: int, samples: int, channels: int, heig
 
     rng = np.random.default_rng(seed)
     chunk = 16
-    with CaptureWriter(path, [(channels, height, width)] * layers, samples, {"model": "synthetic"},
+    with CaptureWriter(path, [(channels, height, width)] * layers, range(samples), {"model": "synthetic"},
                        samples_per_chunk=chunk, compression_level=compression_level) as writer:
         for layer in range(layers):
             for start in range(0, samples, chunk):
@@ -234,7 +234,7 @@ def bench_train(repeats: int) -> list[dict]:
 
     torch.manual_seed(0)
     teacher = timm.create_model("cait_digits").eval()
-    recipe = Recipe(batch_size=64, augment=False, num_workers=0, crop_pct=None, alpha=0.9, temperature=1.0)
+    recipe = Recipe(global_batch=64, augment=False, num_workers=0, crop_pct=None, alpha=0.9, temperature=1.0)
     pairs = [(0, 0), (7, 11)]  # First1+Last1
     images, labels = stack(build_dataset({"name": "digits"}, "train",
                                          build_transform(timm.create_model("deit_digits"), False, recipe.to_dict())))

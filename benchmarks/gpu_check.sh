@@ -2,7 +2,8 @@
 # One device session's checks, run from the repository root on a CUDA machine:
 #   1. the GPU training-step benchmark (benchmarks/bench_gpu.py --compile);
 #   2. the CUDA paths of the real CLI on the embedded digits: teacher training, SpectralKD with bf16
-#      and EMA, ProjectorKD with torch.compile, torchrun + NCCL, a GPU slot, capture + metrics;
+#      and EMA, with float16 and its gradient scaler, with repeated augmentation, ProjectorKD with
+#      torch.compile, torchrun + NCCL with repeated augmentation and float16, a GPU slot, capture + metrics;
 #   3. the same SpectralKD run in float32 on the CPU, to compare accuracy with the bf16 GPU run.
 # Usage: benchmarks/gpu_check.sh OUT_DIR [DEVICE]   (DEVICE=cpu makes it a quick smoke test of this script)
 set -uo pipefail
@@ -32,7 +33,7 @@ else
 fi
 
 digits='{"name": "digits"}'
-train='{"batch_size": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": false, "num_workers": 0, "eval_batch_size": 512, "crop_pct": null'
+train='{"global_batch": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": false, "num_workers": 0, "eval_batch_size": 512, "crop_pct": null'
 distill() {  # distill OUT_DIR DEVICE EXTRA_TRAIN_JSON ARGS...
     local dir=$1 device=$2 extra=$3; shift 3
     $py -m dyn.cli distill --layers First1+Last1 --beta 0.2 --epochs "$epochs" --teacher-arch cait_digits \
@@ -43,12 +44,14 @@ step fetch_teacher $py -m dyn.cli fetch --name cait --arch cait_digits --weights
     --out "$work/cait.safetensors" --dataset "$digits" --train "$train}" --device "$dev"
 step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --method spectral
 step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --method spectral
+step spectral_fp16 distill "$out/spectral_fp16" "$dev" ', "amp_dtype": "float16"' --method spectral
+step spectral_repeated_aug distill "$out/spectral_ra" "$dev" ', "repeated_aug": 3' --method spectral
 step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --method projector
 if [ "$dev" = cuda ]; then
     step torchrun_nccl $py -m torch.distributed.run --standalone --nproc_per_node=1 -m dyn.cli distill \
         --method softkd --epochs 2 --teacher-arch cait_digits --teacher-checkpoint "$work/cait.safetensors" \
-        --student-arch deit_digits --out-dir "$work/ddp" --num-images 16 --dataset "$digits" --train "$train}" \
-        --device cuda
+        --student-arch deit_digits --out-dir "$out/ddp" --num-images 16 --dataset "$digits" \
+        --train "$train, \"repeated_aug\": 3, \"amp_dtype\": \"float16\"}" --device cuda
     step gpu_slot $py -m dyn.cli gpu-run --gpus 1 --pool "$work/pool" -- \
         $py -c 'import os, torch; print("slot", os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())'
     cat "$out/gpu_slot.log"
@@ -61,7 +64,7 @@ $py - "$out" "$dev" <<'PY' | tee -a "$out/summary.txt"
 import json, sys
 from pathlib import Path
 out, dev = Path(sys.argv[1]), sys.argv[2]
-for name in (f"spectral_{dev}", "spectral_cpu"):
+for name in (f"spectral_{dev}", "spectral_cpu", "spectral_fp16", "spectral_ra", "ddp"):
     path = out / name / "summary.json"
     if path.exists():
         s = json.loads(path.read_text())

@@ -9,14 +9,15 @@ import xarray as xr
 
 from dyn.analysis import metrics
 from dyn.analysis.capture import capture, iter_layer_blocks
-from dyn.data import build_dataset, build_transform, fixed_subset, stack
+from dyn.data import analysis_images, build_dataset, build_transform, labels_of, stack
+from dyn.data import DigitsDataset
 from dyn.models import features
 
 
-def _capture(tmp_path, arch, n=10, dtype="float32", chunk=4, level=0):
+def _capture(tmp_path, arch, n=10, dtype="float32", chunk=4, level=0, sample="first"):
     torch.manual_seed(0)
     model = timm.create_model(arch).eval()
-    images = fixed_subset(build_dataset({"name": "digits"}, "val", build_transform(model, train=False)), n)
+    images = analysis_images(build_dataset({"name": "digits"}, "val", build_transform(model, train=False)), n, sample)
     path = capture(model, images, tmp_path / f"{arch}.nc", {"model": arch, "checkpoint_sha256": "abc",
                                                              "dataset": "digits", "split": "val"},
                    dtype=dtype, samples_per_chunk=chunk, compression_level=level)
@@ -35,6 +36,7 @@ def test_round_trip_matches_features(tmp_path, arch, level):
         assert act.dtype == np.float32
         assert list(ds["layer"].values) == list(range(len(expected)))
         assert list(ds["sample"].values) == list(range(10))
+        assert list(ds["label"].values) == list(labels_of(DigitsDataset("val"))[:10])
         for key in ("model", "checkpoint_sha256", "dataset", "split", "layer_kind", "dyn_version", "created"):
             assert key in ds.attrs
         assert ds.attrs["layer_kind"] == ("stage" if arch.startswith("resnet") else "block")
@@ -147,3 +149,14 @@ def test_a_capture_that_fails_part_way_leaves_no_file(tmp_path):
     with pytest.raises(OSError, match="unreadable"):
         capture(timm.create_model("deit_digits"), Breaks(), tmp_path / "x.nc", {"model": "x"}, samples_per_chunk=4)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stratified_capture_keeps_each_samples_index_and_class(tmp_path):
+    _, _, path = _capture(tmp_path, "deit_digits", n=12, chunk=5, sample="stratified")
+    val = DigitsDataset("val")
+    with xr.open_dataset(path) as ds:
+        samples, labels = ds["sample"].values, ds["label"].values
+        assert ds["label"].dims == ("sample",) and "label" in ds["activation"].coords
+    assert list(samples) == sorted(samples) and len(set(samples)) == 12
+    np.testing.assert_array_equal(labels, labels_of(val)[samples])
+    assert set(labels) == set(range(10))  # 12 images of 10 classes: every class, none three times

@@ -31,12 +31,11 @@ def test_default_config_is_valid_and_mirrors_table1(default, schema):
     cfg = configuration.validate(copy.deepcopy(default), schema)
     configuration.check_models(cfg)
     runs = {spec.run_id for spec in configuration.run_specs(cfg)}
-    assert runs == {
-        "softkd_none_b0_e20_s0", "softkd_none_b0_e40_s0",
-        "spectral_First1+Last1_b0.2_e20_s0", "spectral_First1_b0.2_e20_s0", "spectral_Last1_b0.2_e20_s0",
-        "spectral_Last1_b0.1_e20_s0", "spectral_Last8_b0.2_e20_s0",
-        "projector_First1_b0.2_e20_s0", "projector_Last1_b0.2_e20_s0", "projector_First1+Last1_b0.2_e20_s0",
-        "spectral_Last1_b0.2_e40_s0"}
+    table1 = {"softkd_none_b0_e20", "softkd_none_b0_e40", "spectral_First1+Last1_b0.2_e20", "spectral_First1_b0.2_e20",
+              "spectral_Last1_b0.2_e20", "spectral_Last1_b0.1_e20", "spectral_Last8_b0.2_e20",
+              "projector_First1_b0.2_e20", "projector_Last1_b0.2_e20", "projector_First1+Last1_b0.2_e20",
+              "spectral_Last1_b0.2_e40"}
+    assert runs == {f"{point}_s{seed}" for point in table1 for seed in (0, 1, 2)}
 
 
 def test_defaults_are_filled(default, schema):
@@ -58,7 +57,9 @@ def test_grid_expands_lists_and_seeds(default, schema):
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda c: c.update(bogus=1), "unknown key(s) 'bogus'"),
     (lambda c: c["train"].update(lrr=1), "config error at train: unknown key(s) 'lrr'"),
-    (lambda c: c["train"].update(batch_size="big"), "train.batch_size"),
+    (lambda c: c["train"].update(global_batch="big"), "train.global_batch"),
+    (lambda c: c["train"].update(amp_dtype="float8"), "'float8' is not one of 'bfloat16', 'float16'"),
+    (lambda c: c["analysis"].update(sample="random"), "'random' is not one of 'stratified', 'first'"),
     (lambda c: c["dataset"].update(name="mnist"), "'mnist' is not one of"),
     (lambda c: c["analysis"].update(num_images=0), "analysis.num_images"),
     (lambda c: c["distill"].update(teacher="nope"), "distill.teacher: unknown model key 'nope'"),
@@ -86,21 +87,23 @@ def test_layer_spec_too_deep_for_the_student(default, schema):
     assert "Last9" in message and "student has 8 blocks, teacher has 12" in message
 
 
-def test_paper_config_is_the_deit_recipe(repo, schema):
+def test_paper_config_is_the_papers_code(repo, schema):
+    # Each value against the paper's code (config/README.md holds the table and where each is set).
     from dyn.training.recipe import Recipe
 
     cfg = configuration.load(repo / "config" / "paper.yaml", schema)
     configuration.check_models(cfg)
     recipe = Recipe.from_dict(cfg["train"])
-    assert (recipe.opt, recipe.lr_base, recipe.lr_base_size, recipe.weight_decay, recipe.sched) == (
-        "adamw", 5e-4, 512, 0.05, "cosine")
+    assert (recipe.opt, recipe.weight_decay, recipe.sched) == ("adamw", 0.05, "cosine")
     assert (recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr, recipe.label_smoothing) == (5, 1e-6, 1e-5, 0.1)
     assert (recipe.auto_augment, recipe.color_jitter, recipe.random_erasing) == ("rand-m9-mstd0.5-inc1", 0.4, 0.25)
-    assert (recipe.interpolation, recipe.crop_pct, recipe.batch_size, recipe.drop_path) == ("bicubic", 0.875, 256, 0.0)
-    assert (recipe.alpha, recipe.temperature) == (0.9, 1.0)
-    assert recipe.lr(world_size=4) == pytest.approx(1e-3)
+    assert (recipe.interpolation, recipe.crop_pct, recipe.drop_path) == ("bicubic", 0.875, 0.0)
+    assert (recipe.alpha, recipe.temperature, recipe.repeated_aug) == (0.9, 1.0, 3)
+    # The README's 2 GPUs x 256; at the peak learning rate of the authors' logs.
+    assert recipe.global_batch == 512 and recipe.lr() == pytest.approx(2e-3)
+    assert cfg["distill"]["gpus"] == 4 and recipe.batch_per_process(4) == 128
     specs = configuration.run_specs(cfg)
-    assert len(specs) == 11 and {s.epochs for s in specs} == {300, 500}
+    assert {(s.epochs, s.seed) for s in specs} >= {(300, 0), (500, 0)}
     assert cfg["distill"]["evolution_every"] == 30
     assert {m["arch"] for m in cfg["models"].values()} == {
         "cait_s24_224", "deit_tiny_patch16_224", "resnet50", "vit_small_patch16_224", "vit_base_patch16_224.mae"}
@@ -111,8 +114,17 @@ def test_recipe_defaults_are_deits():
 
     recipe = Recipe()
     assert (recipe.lr_base, recipe.lr_base_size, recipe.weight_decay, recipe.warmup_epochs) == (5e-4, 512, 0.05, 5)
-    assert (recipe.batch_size, recipe.alpha, recipe.temperature, recipe.crop_pct) == (256, 0.9, 1.0, 0.875)
+    assert (recipe.global_batch, recipe.alpha, recipe.temperature, recipe.crop_pct) == (512, 0.9, 1.0, 0.875)
     assert recipe.augment and recipe.amp and not recipe.compile and not recipe.ema
+    assert (recipe.amp_dtype, recipe.repeated_aug) == ("bfloat16", 1)
+
+
+def test_global_batch_must_divide_among_the_processes():
+    from dyn.training.recipe import Recipe
+
+    assert Recipe(global_batch=512).batch_per_process(4) == 128
+    with pytest.raises(UserError, match="train.global_batch 512 does not divide among 3 processes"):
+        Recipe(global_batch=512).batch_per_process(3)
 
 
 def test_recipe_defaults_are_stated_once_the_schema_holds_the_same(schema):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from dyn.data import DigitsDataset, build_dataset, fixed_subset, num_classes
+from dyn.data import DigitsDataset, analysis_images, build_dataset, labels_of, num_classes
 from dyn.errors import UserError
 
 
@@ -22,7 +22,7 @@ def test_digits_images_and_labels_are_the_bundled_ones():
     assert image.size == (8, 8) and image.mode == "L"
     assert label == bunch.target[source]
     np.testing.assert_array_equal(np.asarray(image), np.round(bunch.images[source] * 255 / 16).astype(np.uint8))
-    assert num_classes(val) == 10 and num_classes(fixed_subset(val, 5)) == 10
+    assert num_classes(val) == 10 and num_classes(analysis_images(val, 5)) == 10
 
 
 @pytest.mark.parametrize("cfg, split, fragment", [
@@ -47,3 +47,33 @@ def test_imagefolder_layout(tmp_path):
             Image.new("RGB", (4, 4)).save(tmp_path / split / cls / "a.png")
     ds = build_dataset({"name": "imagefolder", "root": str(tmp_path)}, "val")
     assert len(ds) == 2 and num_classes(ds) == 2
+
+
+def test_first_sample_is_the_first_images():
+    val = DigitsDataset("val")
+    assert analysis_images(val, 7, "first").indices == list(range(7))
+    assert len(analysis_images(val, 10_000, "first")) == len(val)
+
+
+def test_stratified_sample_spreads_evenly_over_the_classes():
+    val = DigitsDataset("val")
+    labels = labels_of(val)
+    for n in (7, 10, 64):
+        chosen = analysis_images(val, n, "stratified", seed=3).indices
+        counts = np.bincount(labels[chosen], minlength=10)
+        assert len(chosen) == len(set(chosen)) == n and chosen == sorted(chosen)
+        assert counts.max() - counts.min() <= 1  # round-robin: n < 10 gives n different classes
+    assert analysis_images(val, 64, "stratified", seed=3).indices == analysis_images(val, 64, "stratified", 3).indices
+    assert analysis_images(val, 64, "stratified", seed=4).indices != analysis_images(val, 64, "stratified", 3).indices
+
+
+def test_stratified_sample_of_imbalanced_classes_takes_what_each_has(tmp_path):
+    from PIL import Image
+
+    for cls, count in (("a", 1), ("b", 5), ("c", 5)):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(tmp_path / "val" / cls / f"{i}.png")
+    val = build_dataset({"name": "imagefolder", "root": str(tmp_path)}, "val")
+    counts = np.bincount(labels_of(val)[analysis_images(val, 7, "stratified").indices], minlength=3)
+    assert counts[0] == 1 and sorted(counts[1:]) == [3, 3]

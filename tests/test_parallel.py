@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import tool
 
 DIGITS = '{"name": "digits"}'
-TRAIN = json.dumps(dict(batch_size=64, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
+TRAIN = json.dumps(dict(global_batch=64, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
                         eval_batch_size=512, crop_pct=None))
 
 
@@ -31,19 +31,19 @@ def log_rows(run_dir):
 
 
 def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
-    # One process with batch 128 against two gloo processes with batch 64 each: the same global
-    # batches (each rank takes every other sample of the epoch's order) and the same mean loss.
-    single = dict(json.loads(TRAIN), batch_size=128, lr_base_size=128)
+    # One process against two gloo processes with the same global batch of 128 (64 each): the same
+    # global batches (each rank takes every other sample of the epoch's order) and the same mean loss.
+    single = dict(json.loads(TRAIN), global_batch=128, lr_base_size=128)
     one = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "one", 3, json.dumps(single))],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([tool("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dyn.cli",
-                          *distill_args(teacher, tmp_path / "two", 3, json.dumps(dict(single, batch_size=64)))],
+                          *distill_args(teacher, tmp_path / "two", 3, json.dumps(single))],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
 
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_batch_size"] == 128
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 128 and summary["batch_size_per_process"] == 64
     assert summary["lr"] == pytest.approx(2e-3) and summary["devices"] == ["cpu", "cpu"]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "evolution.nc", "log.csv", "student.safetensors", "summary.json"]

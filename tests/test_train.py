@@ -8,17 +8,18 @@ from safetensors.torch import load_file
 import dyn.training.loop
 from dyn.errors import NonFiniteLoss
 from dyn.training.distill import distill
+from dyn.training.evolution import Snapshots
 from dyn.training.recipe import Recipe
 from dyn.workflow.runs import RunSpec
 
 DIGITS = {"name": "digits"}
-RECIPE = dict(batch_size=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
+RECIPE = dict(global_batch=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
               alpha=0.9, temperature=1.0, eval_batch_size=512, crop_pct=None)
 
 
 def _run(teacher, out, spec, state=None, **recipe):
     return distill(spec, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}), out,
-                   state_path=state, num_images=8, evolution_every=1)
+                   state_path=state, snapshots=Snapshots(num_images=8, every=1))
 
 
 def test_run_directory_contract(teacher, tmp_path):
@@ -39,10 +40,10 @@ def test_run_directory_contract(teacher, tmp_path):
     assert student.num_classes == 10
 
 
-def test_resume_after_interruption_is_bit_identical(teacher, tmp_path, monkeypatch):
-    spec = RunSpec("spectral", "First1+Last1", 0.2, 3, 1)
-    _run(teacher, tmp_path / "whole", spec, state=tmp_path / "whole.pt")
-
+def _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, **recipe):
+    """Run `spec` whole, then again killed right after epoch 2's state reached the disk and rerun;
+    returns both runs' directories and the state file as it was when the run died."""
+    _run(teacher, tmp_path / "whole", spec, state=tmp_path / "whole.pt", **recipe)
     real_save = dyn.training.loop.save_state
     calls = []
 
@@ -50,20 +51,51 @@ def test_resume_after_interruption_is_bit_identical(teacher, tmp_path, monkeypat
         real_save(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed right after epoch 2's state reached the disk
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(dyn.training.loop, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
+        _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt", **recipe)
     assert not (tmp_path / "broken" / "summary.json").exists()
+    state = torch.load(tmp_path / "broken.pt", weights_only=True)
     monkeypatch.setattr(dyn.training.loop, "save_state", real_save)
-    summary = _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt")
+    summary = _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt", **recipe)
+    assert summary["epochs"] == spec.epochs and not (tmp_path / "broken.pt").exists()
+    return tmp_path / "whole", tmp_path / "broken", state
 
-    whole = load_file(tmp_path / "whole" / "student.safetensors")
-    resumed = load_file(tmp_path / "broken" / "student.safetensors")
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert (tmp_path / "whole" / "log.csv").read_text().splitlines()[1:] != []
-    assert summary["epochs"] == 3 and not (tmp_path / "broken.pt").exists()
+
+def _assert_same_run(a, b):
+    whole, resumed = load_file(a / "student.safetensors"), load_file(b / "student.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert (a / "log.csv").read_text().splitlines()[0] == (b / "log.csv").read_text().splitlines()[0]
+    columns = (a / "log.csv").read_text().splitlines()[0].split(",")
+    for row_a, row_b in zip((a / "log.csv").read_text().splitlines()[1:], (b / "log.csv").read_text().splitlines()[1:]):
+        kept = [i for i, c in enumerate(columns) if c not in ("seconds", "images_per_s")]  # times differ
+        assert [row_a.split(",")[i] for i in kept] == [row_b.split(",")[i] for i in kept]
+
+
+def test_resume_after_interruption_is_bit_identical_with_repeated_augmentation(teacher, tmp_path, monkeypatch):
+    spec = RunSpec("spectral", "First1+Last1", 0.2, 3, 1)
+    whole, resumed, _ = _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, repeated_aug=3)
+    _assert_same_run(whole, resumed)
+
+
+def test_float16_autocast_with_a_gradient_scaler_resumes_with_its_scale(teacher, tmp_path, monkeypatch):
+    # float16 autocast runs only on CUDA in a real run; here it is forced onto the CPU, scaler included.
+    from dyn.training.loop import Precision
+
+    def cpu_float16(device, amp, dtype="bfloat16"):
+        assert dtype == "float16"
+        return Precision("cpu", torch.float16, True, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+
+    monkeypatch.setattr(Precision, "of", staticmethod(cpu_float16))
+    spec = RunSpec("spectral", "Last1", 0.2, 3, 0)
+    whole, resumed, state = _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, amp_dtype="float16")
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    _assert_same_run(whole, resumed)
+    rows = (whole / "log.csv").read_text().splitlines()
+    assert float(rows[-1].split(",")[rows[0].split(",").index("loss")]) < float(
+        rows[1].split(",")[rows[0].split(",").index("loss")])
 
 
 def test_state_of_another_configuration_is_not_resumed(teacher, tmp_path):

@@ -35,14 +35,14 @@ def test_dry_run_of_the_default_config(repo, env):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
-                      "distill": 11, "table1": 1, "figure_profiles": 1, "figure_spectrum": 3,
-                      "figure_evolution": 1, "total": 33}
+                      "distill": 33, "table1": 1, "figure_profiles": 1, "figure_spectrum": 3,
+                      "figure_evolution": 1, "total": 55}
 
 
 def test_table1_target_builds_only_what_the_table_needs(repo, env):
     result = snakemake(["-n", "--cores", "2", "results/table1.csv", "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {"fetch": 1, "distill": 11, "table1": 1, "total": 13}
+    assert job_counts(result.stdout) == {"fetch": 1, "distill": 33, "table1": 1, "total": 35}
 
 
 def test_dry_run_of_the_paper_config(repo, env):
@@ -82,6 +82,8 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = tmp_path / "results"
 
+    assert (results / "table1_summary.csv").read_text().startswith("method,layers,beta,epochs,n_seeds,")
+    assert "| spectral | First1+Last1 | 0.2 | 2 | 1 |" in (results / "table1.md").read_text()
     rows = list(csv.DictReader((results / "table1.csv").open()))
     assert [r["run"] for r in rows] == ["softkd_none_b0_e2_s0", "spectral_First1+Last1_b0.2_e2_s0",
                                         "spectral_s0t0.s7t11_b0.2_e2_s0", "projector_Last1_b0.2_e2_s0"]
@@ -126,7 +128,7 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     report = snakemake(["--report", "results/report.html", *workflow], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
-    for name in ["table1.csv", "profiles.png", "evolution.png", "spectrum_cait.png", "spectrum_resnet.png"]:
+    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "evolution.png", "spectrum_cait.png", "spectrum_resnet.png"]:
         assert name in html, name
-    assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 1
+    assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 2
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html

@@ -44,6 +44,19 @@ dataset_option = click.option("--dataset", "dataset_cfg", callback=_json, defaul
 train_option = click.option("--train", "train_cfg", callback=_json, default=None,
                             help="Training recipe as JSON (keys of the config's train section).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+sample_options = [
+    click.option("--sample", type=click.Choice(["stratified", "first"]), default="stratified", show_default=True,
+                 help="How the fixed validation images are chosen: round-robin over classes, or the first N."),
+    click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of the stratified choice."),
+]
+
+
+def _with(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return decorate
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
@@ -86,17 +99,18 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 @click.option("--samples-per-chunk", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--compression-level", type=click.IntRange(0, 9), default=0, show_default=True,
               help="zlib level of the NetCDF file (0: uncompressed).")
+@_with(sample_options)
 @dataset_option
 @device_option
 @threads_option
-def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, dataset_cfg,
-            device, threads):
+def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, sample, sample_seed,
+            dataset_cfg, device, threads):
     """Write the per-layer activations of N fixed validation images to NetCDF."""
     _setup(threads)
     from .analysis.capture import capture_checkpoint
 
     capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
-                       compression_level, device, progress=_progress())
+                       compression_level, device, sample, sample_seed, progress=_progress())
     log.info("wrote %s", out)
 
 
@@ -131,22 +145,23 @@ def metrics(name, capture_path, out, bins, threads):
               help="Fixed validation images for the entropy snapshots.")
 @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--evolution-every", type=click.IntRange(min=0), default=30, show_default=True)
+@_with(sample_options)
 @dataset_option
 @train_option
 @device_option
 @threads_option
 def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkpoint, student_arch, out_dir, state,
-            num_images, bins, evolution_every, dataset_cfg, train_cfg, device, threads):
+            num_images, bins, evolution_every, sample, sample_seed, dataset_cfg, train_cfg, device, threads):
     """Train one student (SoftKD, SpectralKD or ProjectorKD) and write its run directory."""
     _setup(threads)
-    from .training.distill import distill as run_distill
+    from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
     from .workflow.runs import RunSpec
 
     spec = RunSpec(method, layer_spec, beta, epochs, seed)
+    snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)
     summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
-                          Recipe.from_dict(train_cfg), out_dir, state_path=state, num_images=num_images, bins=bins,
-                          evolution_every=evolution_every, device=device)
+                          Recipe.from_dict(train_cfg), out_dir, state_path=state, snapshots=snapshots, device=device)
     if summary is not None:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
 

@@ -92,11 +92,48 @@ def num_classes(dataset: Dataset) -> int:
     return len(dataset.classes)
 
 
-def fixed_subset(dataset: Dataset, n: int) -> Subset:
-    """The first `n` samples of a split: the same images every time, for captures and snapshots."""
+SAMPLES = ("stratified", "first")
+
+
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """The class index of every sample, from the dataset's `targets` where it has them."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:  # e.g. a TensorDataset: read every sample
+        targets = [int(dataset[i][1]) for i in range(len(dataset))]
+    return np.asarray(targets, dtype=np.int64)
+
+
+def analysis_images(dataset: Dataset, n: int, how: str = "stratified", seed: int = 0) -> Subset:
+    """The fixed images of the analysis and of the students' entropy snapshots, in dataset order.
+
+    `first`: the first n samples. `stratified`: round-robin over the classes, one image of each class
+    in turn until there are n, with the order of the classes and of each class's images drawn from
+    `seed`; n images of n or more classes are n different classes.
+    """
     if n < 1:
         raise UserError(f"the number of fixed images must be at least 1, got {n}")
-    return Subset(dataset, list(range(min(n, len(dataset)))))
+    if how == "first":
+        return Subset(dataset, list(range(min(n, len(dataset)))))
+    if how != "stratified":
+        raise UserError(f"unknown analysis.sample '{how}': valid are {', '.join(SAMPLES)}")
+    labels = labels_of(dataset)
+    rng = np.random.default_rng(seed)
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in rng.permutation(np.unique(labels))]
+    chosen: list[int] = []
+    for round_ in range(max(len(m) for m in members)):
+        chosen += [int(m[round_]) for m in members if round_ < len(m)][:n - len(chosen)]
+        if len(chosen) == n:
+            break
+    return Subset(dataset, sorted(chosen))
+
+
+def describe_sample(how: str, n: int, seed: int, split: str = "val") -> str:
+    """How the analysis images were chosen, for the capture file's attributes."""
+    if how == "first":
+        return f"first: the first {n} images of the {split} split"
+    return f"stratified: {n} images of the {split} split, round-robin over its classes, seed {seed}"
 
 
 def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = None) -> Callable:

@@ -113,9 +113,7 @@ def create_model(arch: str, num_classes: int | None = None, in_chans: int | None
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise UserError(f"checkpoint file not found: {path}")
+        path = existing_checkpoint(checkpoint)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=kwargs.get("num_classes"))
         return timm.create_model(arch, pretrained=True, **kwargs)
     return timm.create_model(arch, pretrained=hub, **kwargs)
@@ -171,13 +169,18 @@ def save_weights(model: nn.Module, path: str | Path) -> str:
     return sha256_of(path)
 
 
+def existing_checkpoint(path: str | os.PathLike) -> Path:
+    """`path`, or one line saying it is missing."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    return Path(path)
+
+
 def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A model from a fetched checkpoint, in eval mode; the class count comes from the JSON beside it."""
     import json
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint file not found: {checkpoint}")
+    checkpoint = existing_checkpoint(checkpoint)
     meta = checkpoint.with_suffix(".json")
     n_classes = json.loads(meta.read_text())["num_classes"] if meta.is_file() else None
     return create_model(arch, num_classes=n_classes, checkpoint=checkpoint).to(device).eval()

@@ -19,6 +19,8 @@ rule capture:
         arch=lambda wc: MODELS[wc.model]["arch"],
         dataset=as_json(config["dataset"]),
         num_images=ANALYSIS["num_images"],
+        sample=ANALYSIS["sample"],
+        sample_seed=ANALYSIS["sample_seed"],
         dtype=ANALYSIS["dtype"],
         chunk=ANALYSIS["samples_per_chunk"],
         level=ANALYSIS["compression_level"],
@@ -29,6 +31,7 @@ rule capture:
         gpu=ONE_GPU,
     shell:
         "{params.launch} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
-        " --out {output} --num-images {params.num_images} --dtype {params.dtype}"
+        " --out {output} --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
+        " --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"
         " --dataset {params.dataset:q} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -28,6 +28,8 @@ MODELS = config["models"]
 TEACHER = config["distill"]["teacher"]
 STUDENT = config["distill"]["student"]
 RUNS = {spec.run_id: spec for spec in dyn_config.run_specs(config)}
+# The evolution figure shows each grid point once: its run with the first seed.
+FIRST_SEED_RUNS = [run for run, spec in RUNS.items() if spec.seed == config["distill"]["seeds"][0]]
 FORMATS = config["report"]["formats"]
 ANALYSIS = config["analysis"]
 RUN_GPUS = config["distill"]["gpus"]

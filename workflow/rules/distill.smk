@@ -23,6 +23,8 @@ rule distill:
         train=as_json(config["train"]),
         state=lambda wc: f"results/state/{wc.run}/last.pt",
         num_images=ANALYSIS["num_images"],
+        sample=ANALYSIS["sample"],
+        sample_seed=ANALYSIS["sample_seed"],
         bins=ANALYSIS["entropy_bins"],
         every=config["distill"]["evolution_every"],
         device=config["device"],
@@ -38,6 +40,7 @@ rule distill:
         " --epochs {params.spec.epochs} --seed {params.spec.seed}"
         " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
         " --student-arch {params.student_arch:q} --out-dir results/runs/{wildcards.run} --state {params.state}"
-        " --num-images {params.num_images} --bins {params.bins} --evolution-every {params.every}"
+        " --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
+        " --bins {params.bins} --evolution-every {params.every}"
         " --dataset {params.dataset:q} --train {params.train:q} --device {params.device}"
         " --threads {threads} > {log} 2>&1"

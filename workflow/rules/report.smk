@@ -5,13 +5,15 @@ rule table1:
     input:
         expand("results/runs/{run}/summary.json", run=RUNS),
     output:
-        report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
+        table=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
+        summary=report("results/table1_summary.csv", caption="../report/table1_summary.rst", category="Table 1"),
+        markdown="results/table1.md",
     log:
         "results/logs/report/table1.log",
     conda:
         "../envs/dyn.yaml"
     shell:
-        "dyn report table {input} --out {output} > {log} 2>&1"
+        "dyn report table {input} --out {output.table} > {log} 2>&1"
 
 
 rule figure_profiles:
@@ -52,7 +54,7 @@ rule figure_spectrum:
 
 rule figure_evolution:
     input:
-        expand("results/runs/{run}/evolution.nc", run=RUNS),
+        expand("results/runs/{run}/evolution.nc", run=FIRST_SEED_RUNS),
     output:
         reported("results/figures/evolution.{fmt}", "evolution", "Distillation", "../report/evolution.rst"),
     log:

@@ -2,7 +2,8 @@
 
 The file contract (README, "What comes out"): variable `activation` with dims (layer, sample,
 channel, y, x), chunked by (1 layer, a block of samples), with the standard zlib + shuffle filters
-when compressed; coords `layer` and `sample`; attrs model, arch, checkpoint_sha256, dataset, split,
+when compressed; coords `layer`, `sample` (index into the dataset split) and `label` (its class);
+attrs model, arch, checkpoint_sha256, dataset, split,
 layer_kind, dyn_version, created. Layers of different shapes (CNN stages) share the array: each is
 stored in the leading (channels, height, width) corner, the rest is NaN, and the per-layer coords
 `channels`, `height` and `width` say how much of the corner is real. Files are written and read
@@ -15,7 +16,7 @@ import contextlib
 import datetime
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -40,20 +41,21 @@ class CaptureWriter:
     Use as a context manager: the file appears at `path` only when the block exits cleanly.
     """
 
-    def __init__(self, path: str | os.PathLike, layer_shapes: list[tuple[int, int, int]], n_samples: int,
+    def __init__(self, path: str | os.PathLike, layer_shapes: list[tuple[int, int, int]], samples: Sequence[int],
                  attrs: dict, dtype: str = "float32", samples_per_chunk: int = 16, compression_level: int = 0):
+        """`samples`: the dataset index of each sample, in the order they are written."""
         if dtype not in DTYPES:
             raise ValueError(f"unknown capture dtype '{dtype}': valid are {', '.join(DTYPES)}")
-        self.path, self.layer_shapes, self.n_samples = Path(path), [tuple(s) for s in layer_shapes], n_samples
+        self.path, self.layer_shapes, self.samples = Path(path), [tuple(s) for s in layer_shapes], list(samples)
         self.attrs, self.dtype, self.level = attrs, dtype, compression_level
-        self.chunk = min(samples_per_chunk, n_samples)
+        self.chunk = min(samples_per_chunk, len(self.samples))
 
     def __enter__(self) -> "CaptureWriter":
         import netCDF4
 
         self._atomic = atomic_path(self.path)
         self._root = netCDF4.Dataset(self._atomic.__enter__(), "w", format="NETCDF4")
-        self._variable = _create_layout(self._root, self.layer_shapes, self.n_samples, self.dtype, self.chunk,
+        self._variable = _create_layout(self._root, self.layer_shapes, self.samples, self.dtype, self.chunk,
                                         self.level, self.attrs)
         return self
 
@@ -62,6 +64,10 @@ class CaptureWriter:
         here to the widest layer's, so that every write covers whole chunks."""
         shape = (block.shape[0], *self._variable.shape[2:])
         self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
+
+    def write_labels(self, start: int, labels: Sequence[int]) -> None:
+        """The class of samples start.. (coord `label`)."""
+        self._root["label"][start:start + len(labels)] = np.asarray(labels, dtype=np.int32)
 
     def __exit__(self, *exc) -> None:
         try:
@@ -84,31 +90,37 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
     loader = DataLoader(images, batch_size=samples_per_chunk, shuffle=False)
     with contextlib.ExitStack() as stack:  # the writer, once opened, sees how the block ends
         writer, start = None, 0
-        for batch, _ in tqdm(loader, desc="capture", unit="batch", disable=not progress):
+        for batch, labels in tqdm(loader, desc="capture", unit="batch", disable=not progress):
             with torch.inference_mode():
                 maps = [m.float().cpu().numpy() for m in features(model, batch.to(device))]
             if writer is None:  # the layer shapes are known after the first batch
+                samples = getattr(images, "indices", range(len(images)))  # a Subset's dataset indices
                 writer = stack.enter_context(CaptureWriter(
-                    path, [m.shape[1:] for m in maps], len(images), {**attrs, "layer_kind": layer_kind(model)},
+                    path, [m.shape[1:] for m in maps], samples, {**attrs, "layer_kind": layer_kind(model)},
                     dtype, samples_per_chunk, compression_level))
             for layer, fmap in enumerate(maps):
                 writer.write(layer, start, fmap)
+            writer.write_labels(start, labels)
             start += batch.shape[0]
     return Path(path)
 
 
 def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out: str | os.PathLike,
                        dataset_cfg: dict, num_images: int = 64, dtype: str = "float32", samples_per_chunk: int = 16,
-                       compression_level: int = 0, device: str = "auto", progress: bool = False) -> Path:
-    """`dyn capture`: a fetched checkpoint's activations on the first `num_images` validation images."""
-    from ..data import build_dataset, build_transform, fixed_subset
+                       compression_level: int = 0, device: str = "auto", sample: str = "stratified",
+                       sample_seed: int = 0, progress: bool = False) -> Path:
+    """`dyn capture`: a fetched checkpoint's activations on the fixed analysis images of the validation
+    split (`sample`: stratified over its classes, or the first `num_images`)."""
+    from ..data import analysis_images, build_dataset, build_transform, describe_sample
     from ..models import load_checkpoint, sha256_of
     from ..training.distributed import resolve_device
 
     model = load_checkpoint(arch, checkpoint)
-    images = fixed_subset(build_dataset(dataset_cfg, "val", build_transform(model, train=False)), num_images)
+    val = build_dataset(dataset_cfg, "val", build_transform(model, train=False))
+    images = analysis_images(val, num_images, sample, sample_seed)
     attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
-             "dataset": dataset_cfg.get("name", "digits"), "split": "val"}
+             "dataset": dataset_cfg.get("name", "digits"), "split": "val",
+             "sample_selection": describe_sample(sample, len(images), sample_seed)}
     return capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
                    compression_level=compression_level, device=resolve_device(device), progress=progress)
 
@@ -124,18 +136,21 @@ def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(values) if dtype == "float32" else values.view(np.uint16)
 
 
-def _create_layout(root, layer_shapes, n_samples, dtype, samples_per_chunk, level, attrs):
+def _create_layout(root, layer_shapes, samples, dtype, samples_per_chunk, level, attrs):
     shapes = np.array(layer_shapes, dtype=np.int32)
     n_layers = len(layer_shapes)
     c, h, w = (int(v) for v in shapes.max(axis=0))
-    for name, size in (("layer", n_layers), ("sample", n_samples), ("channel", c), ("y", h), ("x", w)):
+    for name, size in (("layer", n_layers), ("sample", len(samples)), ("channel", c), ("y", h), ("x", w)):
         root.createDimension(name, size)
-    for name, description in (("layer", "0-based block (ViT) or stage (CNN) index"),
-                              ("sample", "index into the dataset split"), ("channel", "channel index"),
-                              ("y", "row of the patch grid / feature map"),
-                              ("x", "column of the patch grid / feature map")):
-        var = root.createVariable(name, "i4", (name,))
-        var[:] = np.arange(len(root.dimensions[name]))
+    for name, values, description in (("layer", np.arange(n_layers), "0-based block (ViT) or stage (CNN) index"),
+                                      ("sample", samples, "index into the dataset split"),
+                                      ("label", None, "class index of each sample"),
+                                      ("channel", np.arange(c), "channel index"),
+                                      ("y", np.arange(h), "row of the patch grid / feature map"),
+                                      ("x", np.arange(w), "column of the patch grid / feature map")):
+        var = root.createVariable(name, "i4", ("sample",) if name == "label" else (name,))
+        if values is not None:  # labels are written as the samples are
+            var[:] = np.asarray(values)
         var.long_name = description
     for index, name in enumerate(("channels", "height", "width")):
         var = root.createVariable(name, "i4", ("layer",))
@@ -147,7 +162,7 @@ def _create_layout(root, layer_shapes, n_samples, dtype, samples_per_chunk, leve
     compression = dict(compression="zlib", complevel=level, shuffle=True) if level > 0 else {}
     variable = root.createVariable("activation", _STORAGE[dtype], ("layer", "sample", "channel", "y", "x"),
                                    fill_value=fill, chunksizes=(1, samples_per_chunk, c, h, w), **compression)
-    variable.coordinates = "channels height width"
+    variable.coordinates = "label channels height width"
     variable.long_name = "layer activations (ViT: patch tokens only, on the patch grid)"
     variable.set_auto_maskandscale(False)
     if dtype == "float16":

@@ -32,7 +32,8 @@ def _label(ds: xr.Dataset, fallback: str) -> str:
 
 def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str | Path], out_base: str | Path,
              formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Per-layer entropy and magnitude of each model against relative depth (0 = first layer, 1 = last)."""
+    """Per-layer entropy and magnitude of each model against relative depth (0 = first layer, 1 = last):
+    models of different depths share the panels."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for files, name, ax in ((entropy_files, "entropy", axes[0]), (magnitude_files, "magnitude", axes[1])):
         for path in files:
@@ -58,6 +59,7 @@ def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
         spectrum = ds["spectrum"].values
         channels = ds["channels"].values.astype(int)
         label = _label(ds, Path(spectrum_file).parent.name)
+        kind = ds.attrs.get("layer_kind", "layer")
     grid = np.linspace(0.0, 0.5, int(channels.max()) // 2 + 1)
     rows = []
     for values, c in zip(spectrum, channels):
@@ -65,11 +67,12 @@ def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
         rows.append(np.interp(grid, np.arange(len(half)) / c, half))
     image = np.log10(np.maximum(np.array(rows), 1e-12))
     fig, ax = plt.subplots(figsize=(6, 4))
-    mesh = ax.imshow(image, aspect="auto", origin="lower", extent=(0, 0.5, -0.5, len(rows) - 0.5), cmap="magma")
+    # Rows are blocks (stages) counted from 1, as the paper counts layers.
+    mesh = ax.imshow(image, aspect="auto", origin="lower", extent=(0, 0.5, 0.5, len(rows) + 0.5), cmap="magma")
     fig.colorbar(mesh, ax=ax, label="log10 mean |F[k]|")
     ax.set_xlabel("channel frequency k / C")
-    ax.set_ylabel("layer")
-    ax.set_title(f"Channel spectrum per layer: {label}")
+    ax.set_ylabel(f"{kind} (1 = first)")
+    ax.set_title(f"Mean channel spectrum of each {kind}: {label}")
     return save(fig, out_base, formats)
 
 
@@ -86,19 +89,19 @@ def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
             epochs = ds["epoch"].values
             for i, epoch in enumerate(epochs):
                 colour = cmap(i / max(len(epochs) - 1, 1))
-                ax.plot(ds["layer"].values, ds["entropy"].sel(epoch=epoch).values, color=colour,
+                ax.plot(ds["layer"].values + 1, ds["entropy"].sel(epoch=epoch).values, color=colour,
                         label=f"epoch {int(epoch)}" if i in (0, len(epochs) - 1) else None)
             title = ds.attrs.get("method", "")
             if ds.attrs.get("method") != "softkd":
                 title += f" {ds.attrs.get('layers')} b{ds.attrs.get('beta')}"
-            ax.set_title(f"{title}, {ds.attrs.get('epochs')} ep", fontsize=8)
-        ax.set_xlabel("student layer", fontsize=8)
+            ax.set_title(f"{title}, {ds.attrs.get('epochs')} ep, seed {ds.attrs.get('seed')}", fontsize=8)
+        ax.set_xlabel("student block (1 = first)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes.flat[len(files):]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("entropy (bits)", fontsize=8)
-    fig.suptitle("Student entropy profile during distillation")
+    fig.suptitle("Student's per-block entropy at each snapshot epoch")
     fig.tight_layout()
     return save(fig, out_base, formats)

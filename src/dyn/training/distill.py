@@ -7,6 +7,7 @@ ProjectorKD projector.safetensors. The resumable state lives in `state_path`, ou
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import io
 import logging
@@ -19,16 +20,16 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..data import build_dataset, build_transform, fixed_subset, num_classes, stack
+from ..data import build_dataset, num_classes
 from ..errors import UserError
-from ..models import create_model, depth_of, load_checkpoint, save_weights, sha256_of
+from ..models import create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
 from ..workflow import layers
 from ..workflow.atomic import write_json, write_text
 from ..workflow.runs import RunSpec
 from . import distributed
 from .batches import split_batches
-from .evolution import layer_profile, write_evolution
-from .loop import fit
+from .evolution import Snapshots, layer_profile, write_evolution
+from .loop import Precision, fit
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .state import clear_state, fingerprint_of, seed_everything
 from .task import LayerDistillationTask
@@ -65,13 +66,11 @@ class RunSetup:
     student_arch: str
     dataset_cfg: dict
     recipe: Recipe
-    num_images: int
-    bins: int
-    evolution_every: int
+    snapshots: Snapshots
 
     def fingerprint(self, world_size: int) -> str:
         return fingerprint_of(self.spec, self.teacher_arch, self.teacher_sha256, self.student_arch, self.dataset_cfg,
-                              self.recipe.to_dict(), self.num_images, self.bins, self.evolution_every, world_size)
+                              self.recipe.to_dict(), dataclasses.asdict(self.snapshots), world_size)
 
 
 def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[tuple[int, int]]:
@@ -83,53 +82,31 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[t
 
 def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
-            num_images: int = 64, bins: int = 100, evolution_every: int = 0, device: str = "auto") -> dict | None:
+            snapshots: Snapshots = Snapshots(), device: str = "auto") -> dict | None:
     """Train one student for `spec`; write the run directory; return the summary (None off the main process).
 
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
     """
-    out_dir = Path(out_dir)
     started = time.perf_counter()
     pairs = aligned_pairs(spec, student_arch, teacher_arch)  # a bad spec fails before anything is loaded
     world = distributed.init(device)
     try:
         seed_everything(spec.seed)
-        teacher = load_checkpoint(teacher_arch, teacher_checkpoint)
-        setup = RunSetup(spec, pairs, teacher_arch, str(teacher_checkpoint), sha256_of(teacher_checkpoint),
-                         student_arch, dataset_cfg, recipe, num_images, bins, evolution_every)
-        n_classes = num_classes(build_dataset(dataset_cfg, "val"))
-        if teacher.num_classes != n_classes:
-            raise UserError(f"teacher {teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
-        student = create_model(student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
-        if world.is_main:
-            log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", spec.run_id,
-                     student_arch, teacher_arch, pairs, world.size, world.device)
-
-        task = LayerDistillationTask(student, teacher, pairs, spec.method, alpha=recipe.alpha,
-                                     temperature=recipe.temperature, beta=spec.beta,
-                                     label_smoothing=recipe.label_smoothing, device=world.device).to(world.device)
-        train, val = split_batches(dataset_cfg, student, recipe, spec.seed, world)
-        if recipe.teacher_cache and train.tensors is not None:
-            # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
-            task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
-        snapshot_set = build_dataset(dataset_cfg, "val", build_transform(student, False, recipe.to_dict()))
-        snapshot_images, _ = stack(fixed_subset(snapshot_set, num_images))
-        if recipe.ema:
-            task.setup_ema(decay=recipe.ema_decay)
-        if recipe.compile:
-            task.compile()
-        if world.distributed:
-            task.prepare_distributed(device_ids=[world.device.index] if world.device.type == "cuda" else None)
-        optimizer = make_optimizer(task.trainable_module, recipe, world.size)
+        teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
+        setup = RunSetup(spec, pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch, dataset_cfg,
+                         recipe, snapshots)
+        task, train, val, snapshot_images = _build_task(setup, world)
+        optimizer = make_optimizer(task.trainable_module, recipe)
         scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
         state_path = Path(state_path) if state_path else None
         history = fit(task, optimizer, scheduler, train, val, spec.epochs, world,
-                      snapshot=lambda model: layer_profile(model, snapshot_images, bins),
-                      snapshot_every=evolution_every, state_path=state_path, fingerprint=setup.fingerprint(world.size),
-                      amp=recipe.amp, log_interval=recipe.log_interval)
+                      snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
+                      snapshot_every=snapshots.every, state_path=state_path, fingerprint=setup.fingerprint(world.size),
+                      precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype),
+                      log_interval=recipe.log_interval)
         if not world.is_main:
             return None
-        summary = _write_run(out_dir, task, history, setup, world, time.perf_counter() - started)
+        summary = _write_run(Path(out_dir), task, history, setup, world, time.perf_counter() - started)
         clear_state(state_path)
         return summary
     finally:
@@ -137,9 +114,38 @@ def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, st
         distributed.shutdown(world)
 
 
+def _build_task(setup: RunSetup, world) -> tuple[LayerDistillationTask, object, object, torch.Tensor]:
+    """The teacher, a fresh student and the loss of `setup`, ready to train; with the training and
+    validation batches and the snapshot images."""
+    recipe, dataset_cfg = setup.recipe, setup.dataset_cfg
+    teacher = load_checkpoint(setup.teacher_arch, setup.teacher_checkpoint)
+    n_classes = num_classes(build_dataset(dataset_cfg, "val"))
+    if teacher.num_classes != n_classes:
+        raise UserError(f"teacher {setup.teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
+    student = create_model(setup.student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+    if world.is_main:
+        log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", setup.spec.run_id,
+                 setup.student_arch, setup.teacher_arch, setup.pairs, world.size, world.device)
+    task = LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
+                                 temperature=recipe.temperature, beta=setup.spec.beta,
+                                 label_smoothing=recipe.label_smoothing, device=world.device).to(world.device)
+    train, val = split_batches(dataset_cfg, student, recipe, setup.spec.seed, world)
+    snapshot_images = setup.snapshots.images(dataset_cfg, student, recipe)
+    if recipe.teacher_cache and train.tensors is not None:
+        # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
+        task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
+    if recipe.ema:
+        task.setup_ema(decay=recipe.ema_decay)
+    if recipe.compile:
+        task.compile()
+    if world.distributed:
+        task.prepare_distributed(device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    return task, train, val, snapshot_images
+
+
 def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_seconds: float) -> dict:
     """The run directory's files; summary.json last, so that a summary means a complete run."""
-    spec, recipe, bins, num_images = setup.spec, setup.recipe, setup.bins, setup.num_images
+    spec, recipe, snapshots = setup.spec, setup.recipe, setup.snapshots
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
     if task.has_ema():
@@ -149,8 +155,8 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
     _write_log_csv(out_dir / "log.csv", history.rows)
     attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
              "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
-             "bins": bins, "num_images": num_images, "dataset": setup.dataset_cfg.get("name"),
-             "dyn_version": __version__}
+             "bins": snapshots.bins, "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
+             "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
 
     final = history.rows[-1]
@@ -164,12 +170,11 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
         "best_epoch": best["epoch"], "wall_seconds": wall_seconds,
         "train_seconds": total_seconds,
         "images_per_second": total_images / total_seconds if total_seconds else None,
-        "world_size": world.size, "batch_size_per_process": recipe.batch_size,
-        "global_batch_size": recipe.batch_size * world.size, "lr": recipe.lr(world.size),
-        "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.batch_size * world.size} / {recipe.lr_base_size}",
+        "world_size": world.size, "batch_size_per_process": recipe.batch_per_process(world.size),
+        "global_batch_size": recipe.global_batch, "lr": recipe.lr(),
+        "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.global_batch} / {recipe.lr_base_size}",
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
-        "teacher_sha256": setup.teacher_sha256, "num_images": num_images, "bins": bins,
-        "evolution_every": setup.evolution_every,
+        "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(snapshots),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),

@@ -1,6 +1,7 @@
 """The student's entropy profile as training goes on: per-layer snapshots and the evolution.nc file."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,29 @@ import torch
 import torch.nn as nn
 
 from ..analysis import metrics
+from ..data import analysis_images, build_dataset, build_transform, describe_sample, stack
 from ..models import features
 from ..workflow.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """The student's per-layer profile: on which validation images (the analysis's own choice, so
+    students and analysed models see the same images), with how many entropy bins, how often."""
+
+    num_images: int = 64
+    bins: int = metrics.DEFAULT_BINS
+    every: int = 0             # epochs between snapshots; 0: only before the first and after the last
+    sample: str = "stratified"
+    sample_seed: int = 0
+
+    def images(self, dataset_cfg: dict, model: nn.Module, recipe) -> torch.Tensor:
+        """The snapshot images, through `model`'s evaluation transform."""
+        val = build_dataset(dataset_cfg, "val", build_transform(model, False, recipe.to_dict()))
+        return stack(analysis_images(val, self.num_images, self.sample, self.sample_seed))[0]
+
+    def describe(self) -> str:
+        return describe_sample(self.sample, self.num_images, self.sample_seed)
 
 
 def layer_profile(model: nn.Module, images: torch.Tensor, bins: int = metrics.DEFAULT_BINS,

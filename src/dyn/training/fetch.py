@@ -21,7 +21,7 @@ from ..workflow.atomic import write_json
 from ..workflow.config import weights_kind
 from .batches import split_batches
 from .distributed import World, init
-from .loop import evaluate, fit
+from .loop import Precision, evaluate, fit
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .state import clear_state, fingerprint_of, seed_everything
 
@@ -41,7 +41,8 @@ def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Rec
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, epochs, len(train))
     fit(task, optimizer, scheduler, train, val, epochs, world, state_path=state_path,
-        fingerprint=fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed), amp=recipe.amp,
+        fingerprint=fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed),
+        precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype),
         log_interval=recipe.log_interval)
     return model
 
@@ -77,7 +78,8 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if evaluate_model:
         _, val = split_batches(dataset_cfg, model, recipe, seed)
-        scores = evaluate(model.to(world.device), val, world.device, amp=recipe.amp)
+        scores = evaluate(model.to(world.device), val, world.device,
+                          precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype))
         info.update(val_top1=scores["top1"], val_top5=scores["top5"])
         log.info("%s: val top1 %.2f top5 %.2f", name, scores["top1"], scores["top5"])
     write_json(out.with_suffix(".json"), info)

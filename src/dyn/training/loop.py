@@ -3,15 +3,15 @@ evolution snapshot, resume state), as timm's train.py splits train_one_epoch fro
 
 Used both to train a model on its own (`dyn fetch` with weights: train, a ClassificationTask)
 and to distil a student (`dyn distill`, a LayerDistillationTask), in one process or data-parallel
-under torchrun. On CUDA the forward passes run under bf16 autocast; on CPU everything is float32.
+under torchrun. On CUDA the forward passes run under autocast (bfloat16, or float16 with a gradient
+scaler); on the CPU everything is float32.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,36 @@ log = logging.getLogger("dyn")
 
 
 @dataclass
+class Precision:
+    """Autocast of the forward passes and, for float16, the gradient scaler that keeps its gradients
+    from underflowing; both off (float32) unless enabled."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype = torch.bfloat16
+    enabled: bool = False
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def of(cls, device: torch.device, amp: bool, dtype: str = "bfloat16") -> "Precision":
+        """Autocast in `dtype` on CUDA when `amp`; float32 on the CPU."""
+        enabled = amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type) if enabled and dtype == "float16" else None
+        return cls(device.type, getattr(torch, dtype), enabled, scaler)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # skipped where the scaled gradients overflowed
+        self.scaler.update()
+
+
+@dataclass
 class Loop:
     """What stays the same from epoch to epoch of one training run."""
 
@@ -38,7 +68,7 @@ class Loop:
     val: Batches
     epochs: int
     world: World = World()
-    amp: bool = False
+    precision: Precision = field(default_factory=Precision)
     log_interval: int = 50
     progress: bool = False
     state_path: Path | None = None
@@ -49,8 +79,8 @@ class Loop:
 
 def fit(task, optimizer, scheduler, train: Batches, val: Batches, epochs: int, world: World = World(),
         snapshot: Callable[[nn.Module], dict] | None = None, snapshot_every: int = 0,
-        state_path: Path | None = None, fingerprint: str = "", amp: bool = False, log_interval: int = 50,
-        progress: bool | None = None) -> History:
+        state_path: Path | None = None, fingerprint: str = "", precision: Precision = Precision(),
+        log_interval: int = 50, progress: bool | None = None) -> History:
     """Train `task` for `epochs`, resuming from `state_path` when it holds a finished epoch of this run.
 
     A snapshot of the eval model is taken before the first epoch, every `snapshot_every` epochs and
@@ -59,11 +89,11 @@ def fit(task, optimizer, scheduler, train: Batches, val: Batches, epochs: int, w
     """
     if progress is None:
         progress = sys.stderr.isatty() and world.is_main
-    loop = Loop(task, optimizer, scheduler, train, val, epochs, world, amp, log_interval, progress,
+    loop = Loop(task, optimizer, scheduler, train, val, epochs, world, precision, log_interval, progress,
                 Path(state_path) if state_path else None, fingerprint, snapshot, snapshot_every)
     start_epoch, history = 0, History()
     if loop.state_path is not None and loop.state_path.is_file():
-        restored = load_state(loop.state_path, task, optimizer, scheduler, fingerprint)
+        restored = load_state(loop.state_path, task, optimizer, scheduler, fingerprint, precision.scaler)
         if restored is not None:
             start_epoch, history = restored
             log.info("resumed from %s after epoch %d of %d", state_path, start_epoch, epochs)
@@ -91,11 +121,10 @@ def train_one_epoch(loop: Loop, epoch: int) -> tuple[dict[str, float], float]:
                unit="batch", disable=not loop.progress, leave=False)
     for step, (images, labels, index) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, loop.amp):
+        with loop.precision.autocast():
             out = task(images, labels, index) if _takes_index(task) else task(images, labels)
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        loop.precision.backward_and_step(out["loss"], optimizer)
         update = epoch * steps_per_epoch + step + 1
         if loop.scheduler is not None:
             loop.scheduler.step_update(num_updates=update)
@@ -124,9 +153,9 @@ def end_of_epoch(loop: Loop, epoch: int, losses: dict[str, float], images: float
                  history: History) -> None:
     """Evaluate, log the epoch's row, take a snapshot when one is due, save the resume state."""
     task, world, done = loop.task, loop.world, epoch + 1
-    row = {"epoch": done, **losses, **evaluate(task.get_eval_model(), loop.val, world.device, world, loop.amp)}
+    row = {"epoch": done, **losses, **evaluate(task.get_eval_model(), loop.val, world.device, world, loop.precision)}
     if task.has_ema():
-        ema = evaluate(task.get_eval_model(ema=True), loop.val, world.device, world, loop.amp)
+        ema = evaluate(task.get_eval_model(ema=True), loop.val, world.device, world, loop.precision)
         row.update({f"ema_{k}": v for k, v in ema.items()})
     row.update(lr=loop.optimizer.param_groups[0]["lr"], seconds=seconds, images_per_s=images / seconds)
     history.rows.append(row)
@@ -136,15 +165,16 @@ def end_of_epoch(loop: Loop, epoch: int, losses: dict[str, float], images: float
     if loop.snapshot is not None and world.is_main and due:
         history.snapshots.append((done, loop.snapshot(task.get_eval_model())))
     if loop.state_path is not None and world.is_main:
-        save_state(loop.state_path, task, loop.optimizer, loop.scheduler, done, history, loop.fingerprint)
+        save_state(loop.state_path, task, loop.optimizer, loop.scheduler, done, history, loop.fingerprint,
+                   loop.precision.scaler)
 
 
 def evaluate(model: nn.Module, batches: Batches, device: torch.device, world: World = World(),
-             amp: bool = False) -> dict[str, float]:
+             precision: Precision = Precision()) -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over a split (all processes)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss, count
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), precision.autocast():
         for images, labels, _ in batches.epoch(0):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = model(images).float()
@@ -154,13 +184,6 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device, world: Wo
                                  torch.tensor(labels.shape[0], device=device)]).double()
     correct1, correct5, loss, count = all_reduce_sum(sums, world).tolist()
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "val_loss": loss / count}
-
-
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when `amp`; nothing on the CPU."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _stop_if_non_finite(first_bad: torch.Tensor, loop: Loop, epoch: int) -> None:

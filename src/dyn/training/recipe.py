@@ -12,11 +12,13 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class Recipe:
-    """Defaults are the DeiT recipe of the paper's code; the embedded config scales them to the digits."""
+    """Defaults are the DeiT recipe of the paper's code; the embedded config scales them to the digits.
+    config/README.md holds each value against the paper's code."""
 
-    batch_size: int = 256            # per process (per GPU)
+    global_batch: int = 512          # images per step over all processes; each takes global_batch / processes
     lr_base: float = 5e-4            # lr = lr_base * global_batch / lr_base_size
     lr_base_size: int = 512
+    repeated_aug: int = 1            # >1: each image this many times per epoch, differently augmented (timm RepeatAugSampler)
     opt: str = "adamw"
     weight_decay: float = 0.05
     sched: str = "cosine"
@@ -36,7 +38,8 @@ class Recipe:
     eval_batch_size: int = 256
     crop_pct: float | None = 0.875   # validation: resize to 224 / 0.875 = 256, centre crop 224 (None: the model's)
     interpolation: str = "bicubic"
-    amp: bool = True                 # bf16 autocast on CUDA (CPU always runs float32)
+    amp: bool = True                 # autocast on CUDA (CPU always runs float32)
+    amp_dtype: str = "bfloat16"      # or float16, with a gradient scaler
     compile: bool = False            # torch.compile student and teacher
     ema: bool = False                # keep an EMA of the student, evaluated and saved beside it
     ema_decay: float = 0.99996
@@ -54,17 +57,25 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def lr(self, world_size: int = 1) -> float:
-        return self.lr_base * self.batch_size * world_size / self.lr_base_size
+    def lr(self) -> float:
+        """The peak learning rate, scaled from the global batch."""
+        return self.lr_base * self.global_batch / self.lr_base_size
+
+    def batch_per_process(self, world_size: int) -> int:
+        """Each process's share of the global batch; a clear error where it does not divide."""
+        if self.global_batch % world_size:
+            raise UserError(f"train.global_batch {self.global_batch} does not divide among {world_size} processes: "
+                            f"use a multiple of {world_size}")
+        return self.global_batch // world_size
 
 
-def make_optimizer(module: nn.Module, recipe: Recipe, world_size: int = 1) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """timm's optimiser factory (no weight decay on biases, norms and embeddings), fused Adam(W)."""
     from timm.optim import create_optimizer_v2
 
     # torch's fused Adam(W) kernels (CUDA, and CPU since torch 2.4): one kernel for all parameters.
     extra = {"fused": True} if recipe.opt.lower() in ("adamw", "adam") else {}
-    return create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(world_size), weight_decay=recipe.weight_decay,
+    return create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(), weight_decay=recipe.weight_decay,
                                **extra)
 
 

@@ -67,7 +67,8 @@ def _unwrapped(module):
     return unwrap_model(module)
 
 
-def save_state(path: Path, task, optimizer, scheduler, epoch: int, history: History, fingerprint: str = "") -> None:
+def save_state(path: Path, task, optimizer, scheduler, epoch: int, history: History, fingerprint: str = "",
+               scaler=None) -> None:
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
@@ -80,11 +81,14 @@ def save_state(path: Path, task, optimizer, scheduler, epoch: int, history: Hist
     }
     if task.has_ema():
         state["ema"] = task.get_trainable_module(ema=True).state_dict()
+    if scaler is not None:  # float16 autocast: its loss scale and growth tracker
+        state["scaler"] = scaler.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "") -> tuple[int, History] | None:
+def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "",
+               scaler=None) -> tuple[int, History] | None:
     """Restore a state file; returns (finished epochs, history), or None if it is another run's state."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint", "") != fingerprint:
@@ -96,6 +100,8 @@ def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "") ->
         scheduler.load_state_dict(state["scheduler"])
     if "ema" in state and task.has_ema():
         task.get_trainable_module(ema=True).load_state_dict(state["ema"])
+    if "scaler" in state and scaler is not None:
+        scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"])
     history = History(list(state["rows"]), [(e, {k: v.numpy() for k, v in p.items()}) for e, p in state["snapshots"]])
     return int(state["epoch"]), history

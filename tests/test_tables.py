@@ -1,0 +1,67 @@
+"""Table 1 and its summary over seeds, on summaries whose statistics are worked out by hand."""
+import csv
+import json
+import math
+
+import pytest
+
+from dyn.report import tables
+
+
+def _summary(method, layers, beta, epochs, seed, top1, best):
+    run = f"{method}_{layers}_b{beta:g}_e{epochs}_s{seed}"
+    return {"run": run, "method": method, "layers": layers, "beta": beta, "epochs": epochs, "seed": seed,
+            "top1": top1, "top5": 99.0, "best_top1": best, "teacher": "cait_s24_224",
+            "student": "deit_tiny_patch16_224"}
+
+
+SUMMARIES = [
+    _summary("softkd", "none", 0.0, 300, 0, 76.0, 76.5),
+    _summary("softkd", "none", 0.0, 300, 1, 77.0, 77.0),
+    _summary("softkd", "none", 0.0, 300, 2, 78.0, 78.0),
+    _summary("spectral", "Last1", 0.2, 300, 0, 75.0, 76.0),  # deltas -1, -1, +1: mean -1/3
+    _summary("spectral", "Last1", 0.2, 300, 1, 76.0, 77.0),
+    _summary("spectral", "Last1", 0.2, 300, 2, 79.0, 79.0),
+    _summary("spectral", "First1", 0.2, 300, 0, 77.0, 77.5),  # one seed: no interval
+]
+
+
+def test_per_run_deltas_are_paired_by_seed():
+    rows = {r["run"]: r for r in tables.table1_rows(SUMMARIES)}
+    assert rows["spectral_Last1_b0.2_e300_s1"]["delta_top1"] == pytest.approx(-1.0)
+    assert rows["spectral_Last1_b0.2_e300_s1"]["best_delta_top1"] == pytest.approx(0.0)
+    assert rows["spectral_First1_b0.2_e300_s0"]["best_delta_top1"] == pytest.approx(1.0)
+
+
+def test_summary_interval_by_hand():
+    summary = {(r["method"], r["layers"]): r for r in tables.summary_rows(tables.table1_rows(SUMMARIES))}
+    last1 = summary[("spectral", "Last1")]
+    # deltas -1, -1, +1: mean -1/3, sd sqrt(4/3), half-width t(0.975, 2) * sd / sqrt(3) = 4.302653 * 0.666667
+    assert last1["n_seeds"] == 3 and last1["top1_mean"] == pytest.approx(76.666667)
+    assert last1["top1_sd"] == pytest.approx(math.sqrt(((75 - 230 / 3) ** 2 + (76 - 230 / 3) ** 2
+                                                        + (79 - 230 / 3) ** 2) / 2))
+    assert last1["delta_mean"] == pytest.approx(-1 / 3)
+    half = 4.302653 * math.sqrt(4 / 3) / math.sqrt(3)
+    assert (last1["delta_ci_low"], last1["delta_ci_high"]) == pytest.approx((-1 / 3 - half, -1 / 3 + half), abs=1e-5)
+    assert last1["best_delta_mean"] == pytest.approx((-0.5 + 0 + 1) / 3)
+    first1 = summary[("spectral", "First1")]
+    assert first1["n_seeds"] == 1 and first1["delta_mean"] == pytest.approx(1.0)
+    assert math.isnan(first1["delta_ci_low"]) and math.isnan(first1["top1_sd"])
+    softkd = summary[("softkd", "none")]
+    assert softkd["delta_mean"] == 0 and softkd["delta_ci_low"] == softkd["delta_ci_high"] == 0
+
+
+def test_files_and_the_papers_values_beside_the_summary(tmp_path):
+    paths = []
+    for i, s in enumerate(SUMMARIES):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(s))
+    tables.write_table1(paths, tmp_path / "table1.csv")
+    rows = list(csv.DictReader((tmp_path / "table1.csv").open()))
+    assert list(rows[0]) == list(tables.COLUMNS) and len(rows) == 7
+    summary = list(csv.DictReader((tmp_path / "table1_summary.csv").open()))
+    assert list(summary[0]) == list(tables.SUMMARY_COLUMNS) and len(summary) == 3
+    assert [r["delta_ci_low"] for r in summary if r["layers"] == "First1"] == ["nan"]
+    md = (tmp_path / "table1.md").read_text()
+    assert "| spectral | Last1 | 0.2 | 300 | 3 | 76.67 ± 2.08 | -0.33 (-3.20 to +2.54) | 77.33 | 76.83 |" in md
+    assert "| softkd | none | 0 | 300 | 3 |" in md and "76.99 |" in md
