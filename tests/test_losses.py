@@ -106,3 +106,56 @@ def test_soft_kd_loss_matches_formula():
     expected = (p_t * (p_t.log() - torch.log_softmax(s / temperature, dim=1))).sum() / 4 * temperature ** 2
     torch.testing.assert_close(losses.soft_kd_loss(s, t, temperature), expected)
     assert losses.soft_kd_loss(t, t, temperature).abs().item() < 1e-6
+
+
+def _lowpass_loop(x, keep):
+    """The translator by its definition: each position's channel DFT, frequencies above keep * C/2 (and
+    their mirror images) zeroed, the inverse DFT."""
+    b, c, h, w = x.shape
+    out = torch.zeros(b, c, h, w, dtype=torch.float64)
+    cut = math.ceil(keep * (c // 2))
+    for i in range(b):
+        for y in range(h):
+            for z in range(w):
+                v = [float(x[i, j, y, z]) for j in range(c)]
+                spectrum = [sum(v[j] * complex(math.cos(2 * math.pi * k * j / c), -math.sin(2 * math.pi * k * j / c))
+                                for j in range(c)) for k in range(c)]
+                kept = [s if min(k, c - k) <= cut else 0 for k, s in enumerate(spectrum)]
+                for j in range(c):
+                    out[i, j, y, z] = sum(kept[k] * complex(math.cos(2 * math.pi * k * j / c),
+                                                            math.sin(2 * math.pi * k * j / c)) for k in range(c)).real / c
+    return out
+
+
+@pytest.mark.parametrize("c, keep", [(16, 0.25), (12, 0.25), (9, 0.5), (8, 1.0)])
+def test_lowpass_translator_matches_its_definition(c, keep):
+    x = _maps(2, c, 2, 3)
+    got = losses.lowpass_channels(x, keep)
+    assert got.shape == x.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), _lowpass_loop(x, keep), rtol=1e-4, atol=1e-5)
+
+
+def test_lowpass_translator_keeps_a_smooth_map_and_keep_one_is_identity():
+    channels = torch.arange(32, dtype=torch.float32)
+    smooth = torch.cos(2 * math.pi * channels / 32)[None, :, None, None].expand(2, 32, 3, 3)  # k = 1 only
+    torch.testing.assert_close(losses.lowpass_channels(smooth, 0.25), smooth, atol=1e-5, rtol=0)
+    x = _maps(2, 32, 3, 3)
+    torch.testing.assert_close(losses.lowpass_channels(x, 1.0), x, atol=1e-5, rtol=0)
+
+
+def test_lowpass_method_is_spectralkd_against_the_translated_teacher():
+    import timm
+
+    import dyn.models  # noqa: F401
+    from dyn.training.task import LayerDistillationTask
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cait_digits").eval()
+    student = timm.create_model("deit_digits")
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    task = LayerDistillationTask(student, teacher, [(7, 11)], "lowpass", beta=0.2, lowpass_keep=0.25).train()
+    out = task(x, y)
+    logits, maps = task.trainable_module(x)
+    _, teacher_maps = task.teacher_outputs(x)
+    expected = losses.spectral_loss(maps, [losses.lowpass_channels(teacher_maps[0], 0.25)])
+    torch.testing.assert_close(out["feat_loss"], expected)

@@ -35,14 +35,16 @@ def test_dry_run_of_the_default_config(repo, env):
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
-                      "distill": 33, "table1": 1, "figure_profiles": 1, "figure_spectrum": 3,
-                      "figure_evolution": 1, "total": 55}
+                      "phases": 3, "distill": 39, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
+                      "figure_spectrum": 3, "figure_evolution": 1, "total": 65}
 
 
 def test_table1_target_builds_only_what_the_table_needs(repo, env):
     result = snakemake(["-n", "--cores", "2", "results/table1.csv", "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {"fetch": 1, "distill": 33, "table1": 1, "total": 35}
+    # The `auto` runs need the teacher's phases: its capture and metrics, not the other models'.
+    assert job_counts(result.stdout) == {"fetch": 1, "capture": 1, "spectrum": 1, "entropy": 1, "magnitude": 1,
+                                         "phases": 1, "distill": 39, "table1": 1, "total": 46}
 
 
 def test_dry_run_of_the_paper_config(repo, env):
@@ -51,10 +53,12 @@ def test_dry_run_of_the_paper_config(repo, env):
                         "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {"fetch": 5, "capture": 5, "spectrum": 5, "entropy": 5, "magnitude": 5,
-                                         "distill": 11, "table1": 1, "figure_profiles": 1, "figure_spectrum": 5,
-                                         "figure_evolution": 1, "all": 1, "total": 45}
+                                         "phases": 5, "distill": 13, "table1": 1, "figure_profiles": 1,
+                                         "figure_phases": 1, "figure_spectrum": 5, "figure_evolution": 1, "all": 1,
+                                         "total": 53}
     # Four GPUs per run: each distillation starts torchrun on four free GPU slots.
-    assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 11
+    assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 13
+    assert "--teacher-phases results/metrics/cait_s24/phases.csv" in result.stdout
 
 
 def test_lint_passes(repo, env):
@@ -71,7 +75,8 @@ def test_config_mistake_ends_in_one_line_exit_2(repo, env, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "dyn: config error at distill.runs[1].layers: bad layer spec 'Frist1': part 'Frist1' is not valid; use "
-        "FirstK, LastK, '+'-joined parts like First1+Last1, explicit pairs like s0:t0,s11:t23, or none"]
+        "FirstK, LastK, '+'-joined parts like First1+Last1, explicit pairs like s0:t0,s11:t23, auto or autoK (alone), "
+        "or none"]
 
 
 @pytest.mark.e2e
@@ -86,14 +91,21 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert "| spectral | First1+Last1 | 0.2 | 2 | 1 |" in (results / "table1.md").read_text()
     rows = list(csv.DictReader((results / "table1.csv").open()))
     assert [r["run"] for r in rows] == ["softkd_none_b0_e2_s0", "spectral_First1+Last1_b0.2_e2_s0",
-                                        "spectral_s0t0.s7t11_b0.2_e2_s0", "projector_Last1_b0.2_e2_s0"]
+                                        "spectral_auto_b0.2_e2_s0", "spectral_s0t0.s7t11_b0.2_e2_s0",
+                                        "projector_Last1_b0.2_e2_s0", "lowpass_Last1_b0.2_e2_s0"]
     for row in rows:
         assert 0 <= float(row["top1"]) <= float(row["top5"]) <= 100
         assert math.isclose(float(row["delta_top1"]), float(row["top1"]) - float(rows[0]["top1"]), abs_tol=1e-3)
     # The explicit pairs s0:t0,s7:t11 are First1+Last1 for these depths: the same training, the same result.
-    assert rows[1]["top1"] == rows[2]["top1"]
+    assert rows[1]["top1"] == rows[3]["top1"]
+    # `auto` aligned the teacher's compression phase, from its phases file, and says which pairs it chose.
+    bottleneck = next(r for r in csv.DictReader((results / "metrics" / "cait" / "phases.csv").open())
+                      if r["phase"] == "bottleneck")
+    auto = json.loads((results / "runs" / "spectral_auto_b0.2_e2_s0" / "summary.json").read_text())
+    assert auto["pairs"] and all(t <= int(bottleneck["layer"]) for _, t in auto["pairs"])
+    assert json.loads((results / "runs" / "lowpass_Last1_b0.2_e2_s0" / "summary.json").read_text())["lowpass_keep"] == 0.25
 
-    for name in ["profiles", "evolution", "spectrum_cait", "spectrum_deit", "spectrum_resnet"]:
+    for name in ["profiles", "phases", "evolution", "spectrum_cait", "spectrum_deit", "spectrum_resnet"]:
         for fmt in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
 
@@ -111,6 +123,8 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
             assert np.all(ds["magnitude"].values > 0)
         with xr.open_dataset(results / "metrics" / model / "spectrum.nc") as ds:
             assert ds["spectrum"].sizes["layer"] == layers and np.nanmin(ds["spectrum"].values) >= 0
+        with xr.open_dataset(results / "metrics" / model / "phases.nc") as ds:
+            assert ds.sizes["layer"] == layers and ds.attrs["u_shape"] in (0, 1) and ds.attrs["n_images"] == 8
 
     with xr.open_dataset(results / "runs" / "softkd_none_b0_e2_s0" / "evolution.nc") as ds:
         assert list(ds["epoch"].values) == [0, 1, 2] and ds.sizes["layer"] == 8
@@ -128,7 +142,9 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     report = snakemake(["--report", "results/report.html", *workflow], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
-    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "evolution.png", "spectrum_cait.png", "spectrum_resnet.png"]:
+    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png",
+                 "spectrum_cait.png", "spectrum_resnet.png"] + [f"{m}/phases.csv" for m in depth]:
         assert name in html, name
-    assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 2
+    assert html.count('"data_uri": "data:image/png;') == 6 and html.count('"data_uri": "data:text/csv;') == 5
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html
+    assert "Phases of resnet" in html and "low-pass score" in html

@@ -114,24 +114,54 @@ def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, c
     log.info("wrote %s", out)
 
 
-@cli.command()
-@click.argument("name", type=click.Choice(METRICS))
-@click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc (a .csv is written beside).")
-@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True, help="Entropy histogram bins.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Threads of the spectrum's FFT.")
-def metrics(name, capture_path, out, bins, threads):
-    """Compute one per-layer metric (spectrum, entropy or magnitude) of a capture file."""
-    _setup(None)  # no torch here
-    from .analysis.metrics import write_metric
+@cli.group()
+def metrics():
+    """Per-layer metrics of a capture file, and the phases they show."""
 
-    write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads)
+
+def _metric_command(name: str):
+    @metrics.command(name, help=f"The per-layer {name} of a capture file.")
+    @click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False),
+                  help="Output .nc (a .csv is written beside).")
+    @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True,
+                  help="Entropy histogram bins.")
+    @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Threads of the spectrum's FFT.")
+    def command(capture_path, out, bins, threads):
+        _setup(None)  # no torch here
+        from .analysis.metrics import write_metric
+
+        write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads)
+        log.info("wrote %s", out)
+
+    return command
+
+
+for _name in METRICS:
+    _metric_command(_name)
+
+
+@metrics.command("phases")
+@click.option("--entropy", "entropy_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--magnitude", "magnitude_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--spectrum", "spectrum_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .csv (a .nc is written beside).")
+def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
+    """Each layer's phase, the bottleneck and whether the entropy profile is a U, with bootstrap intervals."""
+    _setup(None)
+    from .analysis.phases import write_phases
+
+    write_phases(entropy_path, magnitude_path, spectrum_path, out)
     log.info("wrote %s", out)
 
 
 @cli.command()
 @click.option("--method", required=True, type=click.Choice(METHODS))
+@click.option("--teacher-phases", type=click.Path(dir_okay=False), default=None,
+              help="The teacher's phases.csv, for the layer specs auto and autoK.")
+@click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+              help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
 @click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
 @click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the feature loss.")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
@@ -150,9 +180,10 @@ def metrics(name, capture_path, out, bins, threads):
 @train_option
 @device_option
 @threads_option
-def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkpoint, student_arch, out_dir, state,
-            num_images, bins, evolution_every, sample, sample_seed, dataset_cfg, train_cfg, device, threads):
-    """Train one student (SoftKD, SpectralKD or ProjectorKD) and write its run directory."""
+def distill(method, teacher_phases, lowpass_keep, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkpoint,
+            student_arch, out_dir, state, num_images, bins, evolution_every, sample, sample_seed, dataset_cfg, train_cfg,
+            device, threads):
+    """Train one student (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) and write its run directory."""
     _setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
@@ -161,7 +192,8 @@ def distill(method, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkp
     spec = RunSpec(method, layer_spec, beta, epochs, seed)
     snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)
     summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
-                          Recipe.from_dict(train_cfg), out_dir, state_path=state, snapshots=snapshots, device=device)
+                          Recipe.from_dict(train_cfg), out_dir, state_path=state, snapshots=snapshots, device=device,
+                          teacher_phases=teacher_phases, lowpass_keep=lowpass_keep)
     if summary is not None:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
 
@@ -205,6 +237,17 @@ def report_profiles(entropy_files, magnitude_files, out, formats):
     from .report.figures import profiles
 
     profiles(entropy_files, magnitude_files, out, _formats(formats))
+
+
+@report.command("phases")
+@click.argument("phases_files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, help="Output path without extension.")
+@formats_option
+def report_phases(phases_files, out, formats):
+    """Low-pass score and entropy against relative depth of several models (their phases.nc)."""
+    from .report.figures import phases
+
+    phases(phases_files, out, _formats(formats))
 
 
 @report.command("spectrum")

@@ -8,6 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from dyn.errors import UserError
 from dyn.workflow import config as dyn_config
+from dyn.workflow import layers as dyn_layers
 
 try:
     # snakemake.utils.validate against the schema (its defaults filled in), then the cross-key checks.
@@ -58,8 +59,15 @@ def checkpoint_path(model):
     return f"resources/checkpoints/{model}.safetensors"
 
 
+def teacher_phases(spec):
+    """The teacher's phases.csv for a run whose layer spec is `auto` or `autoK`, else nothing."""
+    if spec.method != "softkd" and dyn_layers.is_auto(spec.layers):
+        return [f"results/metrics/{TEACHER}/phases.csv"]
+    return []
+
+
 def figure_paths():
-    names = ["profiles", "evolution"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
+    names = ["profiles", "phases", "evolution"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FORMATS]
 
 

@@ -4,6 +4,8 @@
 rule distill:
     input:
         teacher=checkpoint_path(TEACHER),
+        # `auto` runs align the teacher's compression phase: its phases (capturing the teacher if needed)
+        phases=lambda wc: teacher_phases(RUNS[wc.run]),
     output:
         summary="results/runs/{run}/summary.json",
         student="results/runs/{run}/student.safetensors",
@@ -17,6 +19,8 @@ rule distill:
         "../envs/dyn.yaml"
     params:
         spec=lambda wc: RUNS[wc.run],
+        phases=lambda wc, input: f"--teacher-phases {input.phases}" if input.phases else "",
+        keep=config["distill"]["lowpass_keep"],
         teacher_arch=MODELS[TEACHER]["arch"],
         student_arch=MODELS[STUDENT]["arch"],
         dataset=as_json(config["dataset"]),
@@ -37,7 +41,7 @@ rule distill:
         runtime=RESOURCES["distill"]["runtime"],
     shell:
         "{params.launch} distill --method {params.spec.method} --layers {params.spec.layers:q} --beta {params.spec.beta}"
-        " --epochs {params.spec.epochs} --seed {params.spec.seed}"
+        " --epochs {params.spec.epochs} --seed {params.spec.seed} {params.phases} --lowpass-keep {params.keep}"
         " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
         " --student-arch {params.student_arch:q} --out-dir results/runs/{wildcards.run} --state {params.state}"
         " --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"

@@ -53,3 +53,27 @@ rule magnitude:
     threads: 1
     shell:
         "dyn metrics magnitude --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
+
+
+rule phases:
+    input:
+        entropy="results/metrics/{model}/entropy.nc",
+        magnitude="results/metrics/{model}/magnitude.nc",
+        spectrum="results/metrics/{model}/spectrum.nc",
+    output:
+        csv=report(
+            "results/metrics/{model}/phases.csv",
+            caption="../report/phases_table.rst",
+            category="Analysis",
+            labels={"table": "phases {model}"},
+        ),
+        nc="results/metrics/{model}/phases.nc",
+    log:
+        "results/logs/metrics/{model}/phases.log",
+    group:
+        "analysis"
+    conda:
+        "../envs/dyn.yaml"
+    shell:
+        "dyn metrics phases --entropy {input.entropy} --magnitude {input.magnitude} --spectrum {input.spectrum}"
+        " --out {output.csv} > {log} 2>&1"

@@ -35,6 +35,21 @@ rule figure_profiles:
         " --formats {params.formats} > {log} 2>&1"
 
 
+rule figure_phases:
+    input:
+        expand("results/metrics/{model}/phases.nc", model=ANALYSIS["models"]),
+    output:
+        reported("results/figures/phases.{fmt}", "phases", "Analysis", "../report/phases.rst"),
+    log:
+        "results/logs/report/phases.log",
+    conda:
+        "../envs/dyn.yaml"
+    params:
+        formats=",".join(FORMATS),
+    shell:
+        "dyn report phases {input} --out results/figures/phases --formats {params.formats} > {log} 2>&1"
+
+
 rule figure_spectrum:
     input:
         "results/metrics/{model}/spectrum.nc",

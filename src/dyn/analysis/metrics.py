@@ -87,14 +87,19 @@ def histogram_counts(x: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return np.bincount(index.ravel(), minlength=samples * positions * bins).reshape(samples, positions, bins)
 
 
-def entropy_total(x: np.ndarray, bins: int = DEFAULT_BINS) -> float:
-    """Sum over the positions of a (samples, C, positions) block of the Shannon entropy (bits) of
-    each position's `bins`-bin histogram."""
+def position_entropies(x: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+    """The Shannon entropy (bits) of each position's `bins`-bin histogram of a (samples, C, positions)
+    block, as (samples, positions)."""
     c = x.shape[1]
     p = np.arange(c + 1) / c
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log2(p), 0.0)  # -p log2 p for every possible count 0..C
-    return float(terms[histogram_counts(x, bins)].sum())
+    return terms[histogram_counts(x, bins)].sum(axis=2)
+
+
+def entropy_total(x: np.ndarray, bins: int = DEFAULT_BINS) -> float:
+    """Sum over the positions of a (samples, C, positions) block of their entropies."""
+    return float(position_entropies(x, bins).sum())
 
 
 def magnitude_total(x: np.ndarray) -> float:
@@ -161,16 +166,26 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
                    samples_per_block: int | None = None, progress: bool = False, workers: int = 1) -> dict:
     """Per-layer values of several metrics of a capture file, in one pass over its blocks (memory: one
     block). `workers` threads run the spectrum's FFT. Returns {name: values}: a list of per-layer arrays
-    for the spectrum (lengths may differ between CNN stages), a float array (layers,) otherwise."""
+    for the spectrum (lengths may differ between CNN stages), a float array (layers,) otherwise, and with
+    the entropy `sample_entropy`: each image's mean entropy per layer, (layers, samples)."""
     from .capture import iter_layer_blocks
 
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: valid metrics are {', '.join(METRICS)}")
-    means = LayerMeans()
+    means, per_sample = LayerMeans(), {}
     for layer, block in iter_layer_blocks(capture_path, samples_per_block, progress=progress, desc="+".join(names)):
-        means.add(layer, block_sums(block, names, bins, workers))
-    return means.means()
+        x = channel_major(block)
+        sums = block_sums(x, [name for name in names if name != "entropy"], bins, workers)
+        if "entropy" in names:  # kept per image too: the phases' bootstrap resamples images
+            entropies = position_entropies(x, bins)
+            sums["entropy"] = (float(entropies.sum()), entropies.size)
+            per_sample.setdefault(layer, []).append(entropies.mean(axis=1))
+        means.add(layer, sums)
+    values = means.means()
+    if per_sample:
+        values["sample_entropy"] = np.stack([np.concatenate(per_sample[layer]) for layer in sorted(per_sample)])
+    return values
 
 
 def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS, progress: bool = False,
@@ -178,10 +193,13 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
     """An xarray Dataset holding one metric of a capture file, with the capture's attrs."""
     import xarray as xr
 
-    values = stream_metrics(capture_path, (name,), bins, progress=progress, workers=workers)[name]
+    streamed = stream_metrics(capture_path, (name,), bins, progress=progress, workers=workers)
+    values = streamed[name]
     with xr.open_dataset(capture_path) as capture:
         attrs = dict(capture.attrs)
         channels = capture["channels"].values.astype(int)
+        samples = capture["sample"].values
+        labels = capture["label"].values if "label" in capture.coords else None
     attrs.update(metric=name, source=str(capture_path))
     layer = np.arange(len(values))
     if name == "spectrum":
@@ -198,6 +216,9 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
         if name == "entropy":
             attrs["bins"] = bins
             ds[name].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
+            ds["sample_entropy"] = (("layer", "sample"), streamed["sample_entropy"])
+            ds = ds.assign_coords(sample=samples, **({"label": ("sample", labels)} if labels is not None else {}))
+            ds["sample_entropy"].attrs.update(units="bits", long_name="each image's mean entropy per layer")
         else:
             ds[name].attrs.update(long_name="mean absolute activation")
     ds.attrs = attrs

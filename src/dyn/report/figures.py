@@ -105,3 +105,26 @@ def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
     fig.suptitle("Student's per-block entropy at each snapshot epoch")
     fig.tight_layout()
     return save(fig, out_base, formats)
+
+
+def phases(phases_files: Sequence[str | Path], out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Each model's low-pass score (left) and entropy (right) against relative depth, transformers solid
+    and CNNs dashed, the entropy minimum ringed: the paper's comparison of ViT and CNN layers in one picture."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for path in phases_files:
+        with xr.open_dataset(path) as ds:
+            depth, bottleneck = ds["relative_depth"].values, int(ds.attrs["bottleneck_layer"])
+            style = "-" if ds.attrs.get("layer_kind", "block") == "block" else "--"
+            label = f"{_label(ds, Path(path).parent.name)}, {ds.sizes['layer']} {ds.attrs.get('layer_kind', 'layer')}s"
+            for ax, name in zip(axes, ("lowpass", "entropy")):
+                line, = ax.plot(depth, ds[name].values, style, marker="o", ms=3, label=label)
+                ax.plot(depth[bottleneck], ds[name].values[bottleneck], "o", ms=9, mfc="none", color=line.get_color())
+    axes[0].axhline(0.25, color="grey", ls=":", lw=1)
+    axes[0].set_ylabel("low-pass score (share of spectrum at k <= C/8)")
+    axes[1].set_ylabel("entropy of the channel vector (bits)")
+    for ax in axes:
+        ax.set_xlabel("relative depth (layer / last layer)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Low-pass score and entropy of every layer (ringed: each model's entropy minimum)")
+    return save(fig, out_base, formats)

@@ -67,34 +67,48 @@ class RunSetup:
     dataset_cfg: dict
     recipe: Recipe
     snapshots: Snapshots
+    lowpass_keep: float = 0.25
 
     def fingerprint(self, world_size: int) -> str:
-        return fingerprint_of(self.spec, self.teacher_arch, self.teacher_sha256, self.student_arch, self.dataset_cfg,
-                              self.recipe.to_dict(), dataclasses.asdict(self.snapshots), world_size)
+        return fingerprint_of(self.spec, self.pairs, self.teacher_arch, self.teacher_sha256, self.student_arch,
+                              self.dataset_cfg, self.recipe.to_dict(), dataclasses.asdict(self.snapshots),
+                              self.lowpass_keep, world_size)
 
 
-def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str) -> list[tuple[int, int]]:
-    """The spec's (student, teacher) block pairs, checked against both models' depths."""
+def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
+                  teacher_phases: str | Path | None = None) -> list[tuple[int, int]]:
+    """The spec's (student, teacher) block pairs, checked against both models' depths; `auto` specs
+    read the teacher's bottleneck from its phases.csv."""
     if spec.method == "softkd":
         return []
-    return layers.parse(spec.layers, depth_of(student_arch), depth_of(teacher_arch))
+    bottleneck = None
+    if layers.is_auto(spec.layers):
+        from ..analysis.phases import read_bottleneck
+
+        if teacher_phases is None:
+            raise UserError(f"layer spec '{spec.layers}' needs the teacher's phases.csv (--teacher-phases)")
+        bottleneck = read_bottleneck(teacher_phases)
+    return layers.parse(spec.layers, depth_of(student_arch), depth_of(teacher_arch), bottleneck)
 
 
 def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
-            snapshots: Snapshots = Snapshots(), device: str = "auto") -> dict | None:
+            snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
+            lowpass_keep: float = 0.25) -> dict | None:
     """Train one student for `spec`; write the run directory; return the summary (None off the main process).
 
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
+    `teacher_phases`: the teacher's phases.csv, for `auto` layer specs; `lowpass_keep`: the share of
+    channel frequencies the `lowpass` method keeps of the teacher's maps.
     """
     started = time.perf_counter()
-    pairs = aligned_pairs(spec, student_arch, teacher_arch)  # a bad spec fails before anything is loaded
+    pairs = aligned_pairs(spec, student_arch, teacher_arch, teacher_phases)  # a bad spec fails before any load
     world = distributed.init(device)
     try:
         seed_everything(spec.seed)
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
         setup = RunSetup(spec, pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch, dataset_cfg,
-                         recipe, snapshots)
+                         recipe, snapshots, lowpass_keep)
         task, train, val, snapshot_images = _build_task(setup, world)
         optimizer = make_optimizer(task.trainable_module, recipe)
         scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
@@ -128,7 +142,8 @@ def _build_task(setup: RunSetup, world) -> tuple[LayerDistillationTask, object, 
                  setup.student_arch, setup.teacher_arch, setup.pairs, world.size, world.device)
     task = LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
                                  temperature=recipe.temperature, beta=setup.spec.beta,
-                                 label_smoothing=recipe.label_smoothing, device=world.device).to(world.device)
+                                 label_smoothing=recipe.label_smoothing, device=world.device,
+                                 lowpass_keep=setup.lowpass_keep).to(world.device)
     train, val = split_batches(dataset_cfg, student, recipe, setup.spec.seed, world)
     snapshot_images = setup.snapshots.images(dataset_cfg, student, recipe)
     if recipe.teacher_cache and train.tensors is not None:
@@ -175,6 +190,7 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
         "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.global_batch} / {recipe.lr_base_size}",
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
         "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(snapshots),
+        **({"lowpass_keep": setup.lowpass_keep} if spec.method == "lowpass" else {}),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),

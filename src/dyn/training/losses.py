@@ -1,6 +1,7 @@
 """Distillation losses: soft KD on logits, and the two feature losses on aligned (B, C, H, W) maps."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -50,6 +51,17 @@ def spectral_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[t
         student, teacher = _match(student, teacher)
         losses.append(F.mse_loss(_spectrum_2d(student), _spectrum_2d(teacher)))
     return torch.stack(losses).mean()
+
+
+def lowpass_channels(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """The encoding translator: a (B, C, H, W) map low-passed along its channels. The FFT of each
+    position's channel vector keeps its DC term and the lowest `keep` share of its C/2 other
+    frequencies (k <= keep * C/2; 0.25 keeps k <= C/8, the low-pass score's band), the rest is zeroed,
+    and the inverse FFT gives back C channels: the teacher's compact part without its distributed code."""
+    c = x.shape[1]
+    spectrum = torch.fft.rfft(x.float(), dim=1)
+    spectrum[:, math.ceil(keep * (c // 2)) + 1:] = 0
+    return torch.fft.irfft(spectrum, n=c, dim=1)
 
 
 class ChannelProjector(nn.Module):

@@ -45,11 +45,13 @@ def _channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
 
 
 class LayerDistillationTask(LogitDistillationTask):
-    """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps)."""
+    """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps); L_feat is
+    SpectralKD's (`spectral`), ProjectorKD's (`projector`) or SpectralKD's against the teacher's maps
+    low-passed along channels (`lowpass`)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]],
                  method: str = "softkd", alpha: float = 0.9, temperature: float = 1.0, beta: float = 0.0,
-                 label_smoothing: float = 0.0, device: torch.device | None = None):
+                 label_smoothing: float = 0.0, device: torch.device | None = None, lowpass_keep: float = 0.25):
         if method not in METHODS:
             raise ValueError(f"unknown method '{method}': valid methods are {', '.join(METHODS)}")
         if method == "softkd":
@@ -60,6 +62,7 @@ class LayerDistillationTask(LogitDistillationTask):
                          task_loss_weight=1.0 - alpha, temperature=temperature, device=device, verbose=False)
         self.method = method
         self.beta = beta
+        self.lowpass_keep = lowpass_keep
         self.pairs = list(pairs)
         self.teacher_layers = [t for _, t in self.pairs]
         student_layers = [s for s, _ in self.pairs]
@@ -105,8 +108,10 @@ class LayerDistillationTask(LogitDistillationTask):
         total = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
         result = {"output": logits, "task_loss": task_loss, "kd_loss": kd_loss}
         if self.pairs:
-            feature_loss = (losses.spectral_loss(maps, teacher_maps) if self.method == "spectral"
-                            else losses.projector_loss(maps, teacher_maps))
+            if self.method == "lowpass":  # the encoding translator, then SpectralKD
+                teacher_maps = [losses.lowpass_channels(m, self.lowpass_keep) for m in teacher_maps]
+            feature_loss = (losses.projector_loss(maps, teacher_maps) if self.method == "projector"
+                            else losses.spectral_loss(maps, teacher_maps))
             total = total + self.beta * feature_loss
             result["feat_loss"] = feature_loss
         result["loss"] = total

@@ -128,7 +128,7 @@ def check_models(config: dict, cache: str | Path | None = None) -> None:
                 raise UserError(f"config error at models.{key}.arch: {error}") from None
     teacher, student = (config["models"][config["distill"][role]]["arch"] for role in ("teacher", "student"))
     for spec in run_specs(config):
-        if spec.method != "softkd":
+        if spec.method != "softkd" and not layers.is_auto(spec.layers):  # auto: checked once the phases exist
             layers.parse(spec.layers, depths[student], depths[teacher])
 
 

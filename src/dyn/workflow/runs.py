@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from . import layers
 from ..errors import UserError
 
-METHODS = ("softkd", "spectral", "projector")
+METHODS = ("softkd", "spectral", "projector", "lowpass")  # lowpass: SpectralKD against a low-passed teacher
 
 
 @dataclass(frozen=True)
