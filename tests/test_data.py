@@ -52,7 +52,10 @@ def test_imagefolder_layout(tmp_path):
 def test_first_sample_is_the_first_images():
     val = DigitsDataset("val")
     assert analysis_images(val, 7, "first").indices == list(range(7))
-    assert len(analysis_images(val, 10_000, "first")) == len(val)
+    assert len(analysis_images(val, len(val), "first")) == len(val)
+    for how in ("first", "stratified"):
+        with pytest.raises(UserError, match="the validation split has 359 images"):
+            analysis_images(val, 10_000, how)
 
 
 def test_stratified_sample_spreads_evenly_over_the_classes():

@@ -65,7 +65,7 @@ def _state_epoch(path):
 
 
 def test_kill_9_then_rerun_resumes_bit_identical(teacher, tmp_path, env):
-    epochs = 5
+    epochs = 4
     whole = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "whole", epochs,
                                                         extra=["--state", str(tmp_path / "whole.pt")])],
                            env=env, capture_output=True, text=True, timeout=300)

@@ -163,7 +163,7 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
 @click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
 @click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
-@click.option("--beta", type=float, default=0.0, show_default=True, help="Weight of the feature loss.")
+@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of the feature loss.")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--teacher-arch", required=True)
@@ -303,7 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as error:
-        click.echo(f"dyn: error: {error}", err=True)
+        # One line, also for an error that a DataLoader worker raised (torch re-raises it with the
+        # worker's traceback in the message: its last line is the original one).
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        click.echo(f"dyn: error: {message.removeprefix('dyn.errors.UserError: ')}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("dyn: aborted", err=True)

@@ -54,8 +54,24 @@ class DigitsDataset(Dataset):
         return image, int(self.targets[index])
 
 
+# dataset keys and the types their values take (the workflow schema checks them too; the CLI gets JSON)
+DATASET_KEYS = {"name": (str,), "root": (str, type(None)), "val_fraction": (int, float), "split_seed": (int,)}
+
+
+def check_dataset_cfg(cfg: dict) -> None:
+    """One line for an unknown dataset key or a value of the wrong type."""
+    for key, value in cfg.items():
+        if key not in DATASET_KEYS:
+            raise UserError(f"unknown dataset key '{key}': valid keys are {', '.join(DATASET_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, DATASET_KEYS[key]):
+            kinds = "a number" if DATASET_KEYS[key] == (int, float) else " or ".join(
+                "null" if t is type(None) else "an integer" if t is int else "a string" for t in DATASET_KEYS[key])
+            raise UserError(f"dataset.{key} must be {kinds}, got {value!r}")
+
+
 def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:
     """The dataset named by `cfg['name']` (see DATASETS) for `split`, with `transform` applied."""
+    check_dataset_cfg(cfg)
     name = cfg.get("name", "digits")
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': valid datasets are {', '.join(DATASETS)}")
@@ -73,7 +89,10 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> D
         folder = root / split
         if not folder.is_dir():
             raise UserError(f"imagefolder split folder not found: {folder} (expected {root}/train and {root}/val)")
-        return ImageFolder(str(folder), transform=transform)
+        try:
+            return ImageFolder(str(folder), transform=transform, loader=load_image)
+        except FileNotFoundError as error:  # no class folders, or none holds a file with an image suffix
+            raise UserError(f"no image files in {folder}: {str(error).splitlines()[0]}") from None
     else:  # cifar10, cifar100
         from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -82,6 +101,16 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> D
             return cls(str(root), train=(split == "train"), transform=transform, download=False)
         except RuntimeError as error:
             raise UserError(f"{name} files not found under {root}: {error}") from None
+
+
+def load_image(path: str):
+    """torchvision's image loader, with one line naming an image that does not decode."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise UserError(f"cannot read image {path}: {str(error).splitlines()[0]}") from None
 
 
 def num_classes(dataset: Dataset) -> int:
@@ -114,8 +143,11 @@ def analysis_images(dataset: Dataset, n: int, how: str = "stratified", seed: int
     """
     if n < 1:
         raise UserError(f"the number of fixed images must be at least 1, got {n}")
+    if n > len(dataset):
+        raise UserError(f"analysis.num_images is {n} but the validation split has {len(dataset)} images: use at most "
+                        f"{len(dataset)}")
     if how == "first":
-        return Subset(dataset, list(range(min(n, len(dataset)))))
+        return Subset(dataset, list(range(n)))
     if how != "stratified":
         raise UserError(f"unknown analysis.sample '{how}': valid are {', '.join(SAMPLES)}")
     labels = labels_of(dataset)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -106,17 +107,31 @@ def check_model_name(arch: str) -> None:
 
 def create_model(arch: str, num_classes: int | None = None, in_chans: int | None = None,
                  checkpoint: str | os.PathLike | None = None, hub: bool = False, **kwargs) -> nn.Module:
-    """Create a timm model; load a local checkpoint (safetensors or .pth) or the hub weights."""
+    """Create a timm model; load a local checkpoint (safetensors or .pth) or the hub weights.
+
+    With a checkpoint and no `num_classes`, the checkpoint's classifier decides the class count.
+    """
     check_model_name(arch)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    if checkpoint is not None:
-        path = existing_checkpoint(checkpoint)
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=kwargs.get("num_classes"))
+    if checkpoint is None:
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return timm.create_model(arch, pretrained=hub, **kwargs)
+    path = existing_checkpoint(checkpoint)
+    state = read_checkpoint(path)  # a clear line for an unreadable file, before timm reads it
+    if num_classes is None:
+        num_classes = checkpoint_classes(arch, state)
+    overlay = dict(file=str(path))
+    if num_classes is not None:  # the checkpoint's head is what the model gets
+        kwargs["num_classes"] = overlay["num_classes"] = num_classes
+    kwargs["pretrained_cfg_overlay"] = overlay
+    try:
         return timm.create_model(arch, pretrained=True, **kwargs)
-    return timm.create_model(arch, pretrained=hub, **kwargs)
+    except RuntimeError as error:
+        if "loading state_dict" not in str(error):
+            raise
+        raise UserError(_misfit(arch, path, state, kwargs)) from None
 
 
 def num_layers(model: nn.Module) -> int:
@@ -169,6 +184,9 @@ def save_weights(model: nn.Module, path: str | Path) -> str:
     return sha256_of(path)
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
 def existing_checkpoint(path: str | os.PathLike) -> Path:
     """`path`, or one line saying it is missing."""
     if not Path(path).is_file():
@@ -176,11 +194,75 @@ def existing_checkpoint(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A model from a fetched checkpoint, in eval mode; the class count comes from the JSON beside it."""
-    import json
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file, or one line saying why it cannot be read.
 
-    checkpoint = existing_checkpoint(checkpoint)
-    meta = checkpoint.with_suffix(".json")
-    n_classes = json.loads(meta.read_text())["num_classes"] if meta.is_file() else None
-    return create_model(arch, num_classes=n_classes, checkpoint=checkpoint).to(device).eval()
+    `.safetensors` through safetensors; `.pth`, `.pt`, `.bin` through `torch.load(weights_only=True)`,
+    which refuses a pickle that would build anything but tensors and plain containers (so a file
+    cannot run code here). Wrapped state dicts (`state_dict`, `model`, their EMA versions) are
+    unwrapped as timm does.
+    """
+    import pickle
+
+    path = existing_checkpoint(path)
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"not a checkpoint file: {path}; valid are {', '.join(CHECKPOINT_SUFFIXES)} files")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        builds = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if builds:
+            raise UserError(f"refused to load {path}: its pickle would call {builds.group(1)}, which could run code; "
+                            "give a plain state dict or a .safetensors file") from None
+        if "weights_only" in str(error) or "Weights only" in str(error):
+            raise UserError(f"cannot read checkpoint {path}: torch.load(weights_only=True) refuses it (damaged, or a "
+                            "pickle of objects other than tensors, which could run code); give a plain state dict "
+                            "or a .safetensors file") from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+    except Exception as error:  # safetensors' own errors, EOF, bad bytes: the file is damaged
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(error)} (empty, truncated or not a "
+                        f"{path.suffix} file?)") from None
+    if isinstance(state, dict):
+        key = next((k for k in ("state_dict_ema", "model_ema", "state_dict", "model") if isinstance(state.get(k), dict)),
+                   None)
+        state = state[key] if key else state
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise UserError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def checkpoint_classes(arch: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes of a state dict's classifier for `arch`, or None if it has none."""
+    from timm.models import get_pretrained_cfg
+
+    classifier = getattr(get_pretrained_cfg(arch), "classifier", None) or "head"
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = state.get(f"{classifier}.weight")
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
+def _misfit(arch: str, path: Path, state: dict, kwargs: dict) -> str:
+    """One line on how a state dict differs from a fresh `arch`: missing, unexpected, mis-shaped keys."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in timm.create_model(arch, **kwargs).state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
+    return f"checkpoint {path} does not fit {arch}: its parameters are {'; '.join(parts)}; a checkpoint of another model?"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A model from a fetched checkpoint, in eval mode; its classifier decides the class count."""
+    return create_model(arch, checkpoint=existing_checkpoint(checkpoint)).to(device).eval()

@@ -8,6 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from dyn.errors import UserError
 from dyn.workflow import config as dyn_config
+from dyn.workflow import failures as dyn_failures
 from dyn.workflow import layers as dyn_layers
 
 try:
@@ -17,7 +18,7 @@ try:
     dyn_config.check_models(config, cache=".snakemake/dyn-model-depths.json")
 except UserError as error:
     # A user's mistake: one line and exit code 2, before any job starts.
-    print(f"dyn: {error}", file=sys.stderr)
+    print(f"dyn: error: {error}", file=sys.stderr)
     sys.exit(2)
 
 # Jobs find the `dyn` installed beside the Python that runs Snakemake, even from an unactivated venv;

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
+from ..errors import UserError
 from ..workflow.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -63,17 +64,31 @@ class CaptureWriter:
         """Samples start.. of one layer: a (samples, C, H, W) array of that layer's own shape, NaN-padded
         here to the widest layer's, so that every write covers whole chunks."""
         shape = (block.shape[0], *self._variable.shape[2:])
-        self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
+        with self._failing_writes():
+            self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
 
     def write_labels(self, start: int, labels: Sequence[int]) -> None:
         """The class of samples start.. (coord `label`)."""
-        self._root["label"][start:start + len(labels)] = np.asarray(labels, dtype=np.int32)
+        with self._failing_writes():
+            self._root["label"][start:start + len(labels)] = np.asarray(labels, dtype=np.int32)
+
+    @contextlib.contextmanager
+    def _failing_writes(self):
+        """A write the file system refuses (a full disk, a file size limit) as one line."""
+        try:
+            yield
+        except (OSError, RuntimeError) as error:  # the NetCDF library reports HDF5's write errors so
+            raise UserError(f"cannot write {self.path}: {str(error).strip() or type(error).__name__} "
+                            "(is the disk full?); nothing was kept") from None
 
     def __exit__(self, *exc) -> None:
         try:
-            self._root.close()
-        finally:
-            self._atomic.__exit__(*exc)
+            with self._failing_writes():
+                self._root.close()
+        except BaseException as error:  # the last bytes did not reach the disk: keep no file
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._atomic.__exit__(*exc)
 
 
 def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike, attrs: dict,
@@ -184,17 +199,31 @@ def iter_layer_blocks(path: str | os.PathLike, samples_per_block: int | None = N
     """
     import netCDF4
 
-    with netCDF4.Dataset(path) as root:
-        variable = root["activation"]
-        variable.set_auto_maskandscale(False)
-        chunking = variable.chunking()
-        step = samples_per_block or (chunking[1] if chunking != "contiguous" else 16)
-        shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
-        float16 = getattr(variable, "dyn_encoding", None) == FLOAT16_BITS
-        n_layers, n_samples = variable.shape[:2]
-        for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
-            c, h, w = shapes[layer]
-            for start in range(0, n_samples, step):
-                block = np.asarray(variable[layer, start:start + step, :c, :h, :w])
-                yield layer, block.view(np.float16) if float16 else block
+    from ..files import unreadable
 
+    try:
+        root = netCDF4.Dataset(path)
+    except (OSError, ValueError) as error:
+        raise unreadable(path, "capture file", error) from None
+    with root:
+        if "activation" not in root.variables:
+            raise UserError(f"{path} has no variable 'activation': not a capture file (dyn capture writes them)")
+        try:
+            yield from _blocks(root, samples_per_block, progress, desc)
+        except (OSError, RuntimeError, IndexError, ValueError) as error:  # damaged past its header
+            raise unreadable(path, "capture file", error) from None
+
+
+def _blocks(root, samples_per_block, progress, desc) -> Iterator[tuple[int, np.ndarray]]:
+    variable = root["activation"]
+    variable.set_auto_maskandscale(False)
+    chunking = variable.chunking()
+    step = samples_per_block or (chunking[1] if chunking != "contiguous" else 16)
+    shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
+    float16 = getattr(variable, "dyn_encoding", None) == FLOAT16_BITS
+    n_layers, n_samples = variable.shape[:2]
+    for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
+        c, h, w = shapes[layer]
+        for start in range(0, n_samples, step):
+            block = np.asarray(variable[layer, start:start + step, :c, :h, :w])
+            yield layer, block.view(np.float16) if float16 else block

@@ -54,17 +54,24 @@ def phases_dataset(entropy_path: str | Path, magnitude_path: str | Path, spectru
     """An xarray Dataset of the per-layer table (`layer` dim) with the verdict in its attributes."""
     import xarray as xr
 
-    with xr.open_dataset(entropy_path) as ent, xr.open_dataset(magnitude_path) as mag, \
-            xr.open_dataset(spectrum_path) as spec:
-        if "sample_entropy" not in ent:
-            from ..errors import UserError
+    from ..files import load_netcdf
 
-            raise UserError(f"{entropy_path} has no per-image entropies (an older dyn wrote it): "
-                            "remake it, e.g. snakemake --forcerun entropy")
-        entropy, per_image = ent["entropy"].values, ent["sample_entropy"].values
-        magnitude, spectrum = mag["magnitude"].values, spec["spectrum"].values
-        channels, attrs = spec["channels"].values.astype(int), dict(ent.attrs)
+    ent = load_netcdf(entropy_path, "entropy file", ["entropy"])
+    if "sample_entropy" not in ent:
+        from ..errors import UserError
+
+        raise UserError(f"{entropy_path} has no per-image entropies (an older dyn wrote it): "
+                        "remake it, e.g. snakemake --forcerun entropy")
+    mag = load_netcdf(magnitude_path, "magnitude file", ["magnitude"])
+    spec = load_netcdf(spectrum_path, "spectrum file", ["spectrum", "channels"])
+    entropy, per_image, attrs = ent["entropy"].values, ent["sample_entropy"].values, dict(ent.attrs)
+    magnitude, spectrum, channels = mag["magnitude"].values, spec["spectrum"].values, spec["channels"].values.astype(int)
     layers = len(entropy)
+    if not len(magnitude) == len(spectrum) == layers == per_image.shape[0]:
+        from ..errors import UserError
+
+        raise UserError(f"{entropy_path}, {magnitude_path} and {spectrum_path} have different numbers of layers: "
+                        "give the three metric files of one model")
     bottleneck, phases = label_phases(entropy)
     noise = bootstrap(per_image, seed=seed)
     interior = 0 < bottleneck < layers - 1

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from ..files import load_netcdf  # noqa: E402
 from ..workflow.atomic import atomic_path  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for files, name, ax in ((entropy_files, "entropy", axes[0]), (magnitude_files, "magnitude", axes[1])):
         for path in files:
-            with xr.open_dataset(path) as ds:
+            with load_netcdf(path, f"{name} file", [name]) as ds:
                 values = ds[name].values
                 depth = np.linspace(0, 1, len(values)) if len(values) > 1 else np.zeros(1)
                 kind = ds.attrs.get("layer_kind", "layer")
@@ -55,7 +56,7 @@ def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str 
 def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Layer x channel-frequency heatmap of the mean FFT magnitude (log colour), frequency k/C in 0..0.5."""
-    with xr.open_dataset(spectrum_file) as ds:
+    with load_netcdf(spectrum_file, "spectrum file", ["spectrum", "channels"]) as ds:
         spectrum = ds["spectrum"].values
         channels = ds["channels"].values.astype(int)
         label = _label(ds, Path(spectrum_file).parent.name)
@@ -85,7 +86,7 @@ def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
     for ax, path in zip(axes.flat, files):
-        with xr.open_dataset(path) as ds:
+        with load_netcdf(path, "evolution file", ["entropy"], dims=("epoch", "layer")) as ds:
             epochs = ds["epoch"].values
             for i, epoch in enumerate(epochs):
                 colour = cmap(i / max(len(epochs) - 1, 1))
@@ -112,7 +113,7 @@ def phases(phases_files: Sequence[str | Path], out_base: str | Path, formats: Se
     and CNNs dashed, the entropy minimum ringed: the paper's comparison of ViT and CNN layers in one picture."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for path in phases_files:
-        with xr.open_dataset(path) as ds:
+        with load_netcdf(path, "phases file", ["relative_depth", "lowpass", "entropy"]) as ds:
             depth, bottleneck = ds["relative_depth"].values, int(ds.attrs["bottleneck_layer"])
             style = "-" if ds.attrs.get("layer_kind", "block") == "block" else "--"
             label = f"{_label(ds, Path(path).parent.name)}, {ds.sizes['layer']} {ds.attrs.get('layer_kind', 'layer')}s"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
 
+from ..files import read_json
 from ..workflow.atomic import write_text
 from ..workflow.runs import METHODS
 
@@ -130,7 +130,8 @@ def markdown(summary: list[dict], teacher: str | None, student: str | None) -> s
 
 def write_table1(summary_paths: list[str | Path], out: str | Path) -> list[dict]:
     """`dyn report table`: `out` (table1.csv), and beside it table1_summary.csv and table1.md."""
-    summaries = [json.loads(Path(p).read_text()) for p in summary_paths]
+    summaries = [read_json(p, "run summary", ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5",
+                                               "best_top1")) for p in summary_paths]
     rows = table1_rows(summaries)
     summary = summary_rows(rows)
     out = Path(out)

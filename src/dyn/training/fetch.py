@@ -61,7 +61,7 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
         model = train_from_scratch(arch, n_classes, dataset_cfg, recipe, epochs, seed, world, state_path)
         source = f"trained here: {epochs} epochs on {dataset_cfg.get('name')}, seed {seed}"
     elif kind == "hub":
-        model = create_model(arch, num_classes=n_classes, hub=True)
+        model = create_model(arch, hub=True)  # the pretrained classifier, whatever the dataset
         source = f"timm hub: {arch}"
     else:
         path = Path(weights)
@@ -70,18 +70,22 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
                 path = Path(scratch) / Path(weights.split("?")[0]).name
                 log.info("downloading %s", weights)
                 torch.hub.download_url_to_file(weights, str(path), progress=False)
-            model = create_model(arch, num_classes=n_classes, checkpoint=path)
+            model = create_model(arch, checkpoint=path)  # the checkpoint's classifier decides the classes
         source = weights
-    sha256 = save_weights(model, out)
-    info = {"model": name, "arch": arch, "source": source, "weights": weights, "sha256": sha256,
-            "num_classes": n_classes, "dataset": dataset_cfg.get("name"), "dyn_version": __version__,
+    info = {"model": name, "arch": arch, "source": source, "weights": weights, "num_classes": model.num_classes,
+            "dataset": dataset_cfg.get("name"), "dyn_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if evaluate_model:
+    if evaluate_model and model.num_classes != n_classes:
+        info["evaluation"] = (f"skipped: the model has {model.num_classes} classes, the dataset's validation "
+                              f"split {n_classes}")
+        log.info("%s: validation accuracy %s", name, info["evaluation"])
+    elif evaluate_model:
         _, val = split_batches(dataset_cfg, model, recipe, seed)
         scores = evaluate(model.to(world.device), val, world.device,
                           precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype))
         info.update(val_top1=scores["top1"], val_top5=scores["top5"])
         log.info("%s: val top1 %.2f top5 %.2f", name, scores["top1"], scores["top5"])
+    info["sha256"] = save_weights(model, out)  # then the JSON: together they mean a finished fetch
     write_json(out.with_suffix(".json"), info)
     clear_state(state_path)
     return info

@@ -47,11 +47,16 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Recipe":
+        """A recipe from config keys; one line for an unknown key or a value of the wrong type."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise UserError(f"unknown train key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(known))}")
+        for key, value in values.items():
+            kinds = [kind.strip() for kind in known[key].split("|")]  # the annotations, e.g. "float | None"
+            if not any(_is(value, kind) for kind in kinds):
+                raise UserError(f"train.{key} must be {' or '.join(_NAMES[kind] for kind in kinds)}, got {value!r}")
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -67,6 +72,18 @@ class Recipe:
             raise UserError(f"train.global_batch {self.global_batch} does not divide among {world_size} processes: "
                             f"use a multiple of {world_size}")
         return self.global_batch // world_size
+
+
+_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
+
+
+def _is(value, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if isinstance(value, bool):
+        return kind == "bool"
+    return {"int": isinstance(value, int), "float": isinstance(value, (int, float)), "str": isinstance(value, str),
+            "bool": False}[kind]
 
 
 def make_optimizer(module: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

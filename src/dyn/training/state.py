@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,18 @@ def save_state(path: Path, task, optimizer, scheduler, epoch: int, history: Hist
 
 def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "",
                scaler=None) -> tuple[int, History] | None:
-    """Restore a state file; returns (finished epochs, history), or None if it is another run's state."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Restore a state file; returns (finished epochs, history), or None if it is another run's state or
+    cannot be read: then the run starts over, an unreadable file moved aside to `<name>.corrupt`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            raise ValueError("not a dyn training state")
+    except Exception as error:  # truncated by a full disk, damaged, another program's file
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        log.warning("cannot read the resume state %s (%s): moved it to %s and starting over", path,
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, aside)
+        return None
     if state.get("fingerprint", "") != fingerprint:
         log.warning("ignoring %s: it was saved by a run with another configuration", path)
         return None

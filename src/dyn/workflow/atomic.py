@@ -1,7 +1,13 @@
-"""Atomic writes: write under a temporary name in the target's folder, rename when complete."""
+"""Atomic writes: write under a temporary name in the target's folder, rename when complete.
+
+A reader (or Snakemake after a crash) never sees a half-written file under the target's name. The
+file gets the permissions a plain `open()` would give it under the user's umask (mkstemp alone makes
+it 0600, unreadable to colleagues on a shared cluster).
+"""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -9,12 +15,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success rename it to `path`, on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer killed with -9
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield tmp
