@@ -46,3 +46,4 @@ def teacher(tmp_path_factory) -> Path:
     save_weights(timm.create_model("cait_digits"), path)
     path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
     return path
+

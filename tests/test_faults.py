@@ -64,7 +64,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_kill_9_of_capture_metrics_and_report_jobs_then_rerun_gives_the_same_files(checkpoint, tmp_path, env):
-    capture = ["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "128",
+    capture = ["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
                "--dataset", DIGITS, "--device", "cpu", "--out"]
     assert _run(capture + [tmp_path / "whole.nc"], env).returncode == 0
     _killed_once_then_rerun(capture + [tmp_path / "killed.nc"], tmp_path / "killed.nc", env)
