@@ -1,7 +1,10 @@
+import contextlib
+import io
 import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,24 @@ def teacher(tmp_path_factory) -> Path:
     path.with_suffix(".json").write_text(json.dumps({"num_classes": 10}))
     return path
 
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stderr: str
+
+
+def dyn_here(args) -> Ran:
+    """`dyn ARGS` run in this process, as its console script calls `dyn.cli.main`: no interpreter start
+    and torch import per call. Its exit code and what it wrote to stderr."""
+    from dyn.cli import main
+
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    return Ran(code, err.getvalue())

@@ -10,16 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
-import xarray as xr
 
-from dyn.cli import main
 from dyn.models import save_weights
 
-from conftest import tool
+from conftest import dyn_here
 
 DIGITS = '{"name": "digits"}'
 TRAIN = json.dumps(dict(global_batch=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False,
@@ -40,20 +37,11 @@ def files(tmp_path_factory):
     return d
 
 
-def _dyn(args: list[str], capsys=None) -> tuple[int, str]:
+def _dyn(args: list) -> tuple[int, str]:
     """(exit code, last line on stderr) of `dyn ARGS` run in this process."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    lines = err.getvalue().strip().splitlines()
-    return code, lines[-1] if lines and code else ""
+    ran = dyn_here(args)
+    lines = ran.stderr.strip().splitlines()
+    return ran.returncode, lines[-1] if lines and ran.returncode else ""
 
 
 def _garbage(path: Path, content: bytes = b"this is not a checkpoint\n" * 3) -> Path:

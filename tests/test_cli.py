@@ -1,22 +1,22 @@
+"""The `dyn` command's parsing and its one-line errors, run in this process (test_faults runs real
+processes)."""
 import json
-import subprocess
 
 import timm
 import torch
 
+from conftest import dyn_here
 
-from conftest import tool
 
-
-def _dyn(args, env, cwd=None):
-    return subprocess.run([tool("dyn"), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+def _dyn(args, env=None):
+    return dyn_here(args)
 
 
 def _one_line_error(result, fragment):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("dyn: error: ") and fragment in lines[-1]
 
 
 DISTILL = ["distill", "--method", "spectral", "--beta", "0.2", "--epochs", "1", "--teacher-arch", "cait_digits",

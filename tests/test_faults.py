@@ -16,7 +16,7 @@ import xarray as xr
 
 from dyn.models import save_weights
 
-from conftest import tool
+from conftest import dyn_here, tool
 
 DIGITS = '{"name": "digits"}'
 
@@ -99,47 +99,47 @@ def test_a_full_disk_while_writing_a_capture_ends_in_one_line_and_keeps_no_file(
     assert not [p for p in out.parent.iterdir()], "no partial file, under any name"
 
 
-def test_a_damaged_resume_state_is_moved_aside_and_the_run_starts_over(checkpoint, tmp_path, env):
+def test_a_damaged_resume_state_is_moved_aside_and_the_run_starts_over(checkpoint, tmp_path, caplog):
     state = tmp_path / "last.pt"
     state.write_bytes(b"PK\x03\x04 half of a zip")  # what a full disk can leave
-    result = _run(["distill", "--method", "softkd", "--epochs", "1", "--teacher-arch", "cait_digits",
+    result = dyn_here(["distill", "--method", "softkd", "--epochs", "1", "--teacher-arch", "cait_digits",
                    "--teacher-checkpoint", checkpoint, "--student-arch", "deit_digits", "--out-dir", tmp_path / "run",
                    "--state", state, "--num-images", "4", "--dataset", DIGITS, "--device", "cpu", "--train",
-                   '{"global_batch": 256, "warmup_epochs": 0, "augment": false, "num_workers": 0, "crop_pct": null}'],
-                  env)
+                   '{"global_batch": 256, "warmup_epochs": 0, "augment": false, "num_workers": 0, "crop_pct": null}'])
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "last.pt.corrupt").read_bytes().startswith(b"PK")
-    assert f"cannot read the resume state {state}" in result.stderr and "starting over" in result.stderr
+    assert f"cannot read the resume state {state}" in caplog.text and "starting over" in caplog.text
     assert (tmp_path / "run" / "summary.json").is_file() and not state.exists()
 
 
-def test_files_are_readable_by_others_as_the_umask_allows(checkpoint, tmp_path, env):
-    def umask_022():
-        os.umask(0o022)
-
+def test_files_are_readable_by_others_as_the_umask_allows(checkpoint, tmp_path):
     out = tmp_path / "ro"
-    assert _run(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "4",
-                 "--dataset", DIGITS, "--device", "cpu", "--out", out / "c.nc"], env, preexec_fn=umask_022).returncode == 0
-    assert _run(["metrics", "spectrum", "--capture", out / "c.nc", "--out", out / "s.nc"], env,
-                preexec_fn=umask_022).returncode == 0
+    previous = os.umask(0o022)
+    try:
+        assert dyn_here(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images",
+                         "4", "--dataset", DIGITS, "--device", "cpu", "--out", out / "c.nc"]).returncode == 0
+        assert dyn_here(["metrics", "spectrum", "--capture", out / "c.nc", "--out", out / "s.nc"]).returncode == 0
+    finally:
+        os.umask(previous)
     for path in out.iterdir():
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
-def test_a_checkpoint_with_another_class_count_is_fetched_and_captured_without_accuracy(tmp_path, env):
+def test_a_checkpoint_with_another_class_count_is_fetched_and_captured_without_accuracy(tmp_path, caplog):
     # An ImageNet-1k-style head on a 10-class dataset: the checkpoint's head decides the classes.
+    caplog.set_level("INFO", logger="dyn")
     torch.manual_seed(0)
     save_weights(timm.create_model("deit_digits", num_classes=1000), tmp_path / "in1k.safetensors")
     out = tmp_path / "ck" / "deit.safetensors"
-    result = _run(["fetch", "--name", "deit", "--arch", "deit_digits", "--weights", tmp_path / "in1k.safetensors",
-                   "--out", out, "--dataset", DIGITS, "--train", '{"num_workers": 0}'], env)
+    result = dyn_here(["fetch", "--name", "deit", "--arch", "deit_digits", "--weights", tmp_path / "in1k.safetensors",
+                       "--out", out, "--dataset", DIGITS, "--train", '{"num_workers": 0}'])
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["num_classes"] == 1000 and "val_top1" not in info
     assert info["evaluation"] == "skipped: the model has 1000 classes, the dataset's validation split 10"
-    assert "validation accuracy skipped: the model has 1000 classes" in result.stderr
-    capture = _run(["capture", "--name", "deit", "--arch", "deit_digits", "--checkpoint", out, "--num-images", "8",
-                    "--dataset", DIGITS, "--out", tmp_path / "deit.nc"], env)
+    assert "validation accuracy skipped: the model has 1000 classes" in caplog.text
+    capture = dyn_here(["capture", "--name", "deit", "--arch", "deit_digits", "--checkpoint", out, "--num-images", "8",
+                        "--dataset", DIGITS, "--out", tmp_path / "deit.nc"])
     assert capture.returncode == 0, capture.stderr[-2000:]
     with xr.open_dataset(tmp_path / "deit.nc") as ds:
         assert ds["activation"].sizes["layer"] == 8 and np.isfinite(ds["activation"].values).all()
