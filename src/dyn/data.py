@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from .errors import UserError
+from .files import first_line
 
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100")
 SPLITS = ("train", "val")
@@ -92,7 +93,7 @@ def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> D
         try:
             return ImageFolder(str(folder), transform=transform, loader=load_image)
         except FileNotFoundError as error:  # no class folders, or none holds a file with an image suffix
-            raise UserError(f"no image files in {folder}: {str(error).splitlines()[0]}") from None
+            raise UserError(f"no image files in {folder}: {first_line(error)}") from None
     else:  # cifar10, cifar100
         from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -110,7 +111,7 @@ def load_image(path: str):
     try:
         return default_loader(path)
     except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise UserError(f"cannot read image {path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot read image {path}: {first_line(error)}") from None
 
 
 def num_classes(dataset: Dataset) -> int:

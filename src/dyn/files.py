@@ -15,13 +15,14 @@ WRITERS = {"capture file": "dyn capture", "entropy file": "dyn metrics entropy",
            "phases file": "dyn metrics phases", "evolution file": "dyn distill", "run summary": "dyn distill"}
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name where it has none)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def unreadable(path: str | os.PathLike, what: str, error: BaseException) -> UserError:
     """The one-line error for a file that exists but cannot be read as `what`."""
-    return UserError(f"cannot read {what} {path}: {_first_line(error)} (empty, truncated or not a file "
+    return UserError(f"cannot read {what} {path}: {first_line(error)} (empty, truncated or not a file "
                      f"{WRITERS.get(what, 'dyn')} writes?)")
 
 

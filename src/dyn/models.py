@@ -21,6 +21,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError
+from .files import first_line
 
 # Pixel statistics of scikit-learn's digits scaled to [0, 1] (mean 4.88/16, std 6.02/16).
 DIGITS_MEAN = (0.305,)
@@ -223,9 +224,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise UserError(f"cannot read checkpoint {path}: torch.load(weights_only=True) refuses it (damaged, or a "
                             "pickle of objects other than tensors, which could run code); give a plain state dict "
                             "or a .safetensors file") from None
-        raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(error)}") from None
     except Exception as error:  # safetensors' own errors, EOF, bad bytes: the file is damaged
-        raise UserError(f"cannot read checkpoint {path}: {_first_line(error)} (empty, truncated or not a "
+        raise UserError(f"cannot read checkpoint {path}: {first_line(error)} (empty, truncated or not a "
                         f"{path.suffix} file?)") from None
     if isinstance(state, dict):
         key = next((k for k in ("state_dict_ema", "model_ema", "state_dict", "model") if isinstance(state.get(k), dict)),
@@ -257,10 +258,6 @@ def _misfit(arch: str, path: Path, state: dict, kwargs: dict) -> str:
     parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
              ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
     return f"checkpoint {path} does not fit {arch}: its parameters are {'; '.join(parts)}; a checkpoint of another model?"
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import first_line
 from ..workflow.atomic import atomic_path
 
 log = logging.getLogger("dyn")
@@ -100,7 +101,7 @@ def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "",
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
         log.warning("cannot read the resume state %s (%s): moved it to %s and starting over", path,
-                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, aside)
+                    first_line(error), aside)
         return None
     if state.get("fingerprint", "") != fingerprint:
         log.warning("ignoring %s: it was saved by a run with another configuration", path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..files import first_line
 from . import layers
 from .runs import RunSpec
 
@@ -170,7 +171,7 @@ def load(path: str | Path, schema_path: str | Path) -> dict:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid YAML: {first_line(error)}") from None
     if not isinstance(config, dict):
         raise UserError(f"config file {path} must hold a mapping of keys (device, dataset, models, ...)")
     return validate(config, schema_path)
