@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import UserError
+from ..files import first_line
 from ..workflow.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class CaptureWriter:
         try:
             yield
         except (OSError, RuntimeError) as error:  # the NetCDF library reports HDF5's write errors so
-            raise UserError(f"cannot write {self.path}: {str(error).strip() or type(error).__name__} "
+            raise UserError(f"cannot write {self.path}: {first_line(error)} "
                             "(is the disk full?); nothing was kept") from None
 
     def __exit__(self, *exc) -> None:
