@@ -82,7 +82,7 @@ def _capture(checkpoint, tmp, arch="resnet_digits", dataset=DIGITS, extra=()):
 def _distill(teacher, tmp, extra=()):
     return ["distill", "--method", "spectral", "--layers", "First1", "--beta", "0.2", "--epochs", "1",
             "--teacher-arch", "cait_digits", "--teacher-checkpoint", teacher, "--student-arch", "deit_digits",
-            "--out-dir", tmp / "out" / "run", "--num-images", "4", "--dataset", DIGITS, "--train", TRAIN,
+            "--runs-dir", tmp / "out", "--num-images", "4", "--dataset", DIGITS, "--train", TRAIN,
             "--device", "cpu", *extra]
 
 

@@ -30,12 +30,12 @@ def test_unknown_model_name(env, tmp_path):
 
 
 def test_bad_layer_spec(env, tmp_path, teacher):
-    result = _dyn(DISTILL + ["--layers", "Lst1", "--teacher-checkpoint", str(teacher), "--out-dir", str(tmp_path)], env)
+    result = _dyn(DISTILL + ["--layers", "Lst1", "--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)], env)
     _one_line_error(result, "bad layer spec 'Lst1'")
 
 
 def test_layer_spec_that_does_not_fit(env, tmp_path, teacher):
-    result = _dyn(DISTILL + ["--layers", "Last10", "--teacher-checkpoint", str(teacher), "--out-dir", str(tmp_path)],
+    result = _dyn(DISTILL + ["--layers", "Last10", "--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)],
                   env)
     _one_line_error(result, "layer spec 'Last10' does not fit")
     assert "student has 8 blocks, teacher has 12" in result.stderr
@@ -43,7 +43,7 @@ def test_layer_spec_that_does_not_fit(env, tmp_path, teacher):
 
 def test_missing_checkpoint(env, tmp_path):
     result = _dyn(DISTILL + ["--layers", "Last1", "--teacher-checkpoint", str(tmp_path / "none.safetensors"),
-                             "--out-dir", str(tmp_path)], env)
+                             "--runs-dir", str(tmp_path)], env)
     _one_line_error(result, "checkpoint file not found")
 
 

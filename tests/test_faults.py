@@ -103,13 +103,13 @@ def test_a_damaged_resume_state_is_moved_aside_and_the_run_starts_over(checkpoin
     state = tmp_path / "last.pt"
     state.write_bytes(b"PK\x03\x04 half of a zip")  # what a full disk can leave
     result = dyn_here(["distill", "--method", "softkd", "--epochs", "1", "--teacher-arch", "cait_digits",
-                   "--teacher-checkpoint", checkpoint, "--student-arch", "deit_digits", "--out-dir", tmp_path / "run",
+                   "--teacher-checkpoint", checkpoint, "--student-arch", "deit_digits", "--runs-dir", tmp_path / "runs",
                    "--state", state, "--num-images", "4", "--dataset", DIGITS, "--device", "cpu", "--train",
                    '{"global_batch": 256, "warmup_epochs": 0, "augment": false, "num_workers": 0, "crop_pct": null}'])
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "last.pt.corrupt").read_bytes().startswith(b"PK")
     assert f"cannot read the resume state {state}" in caplog.text and "starting over" in caplog.text
-    assert (tmp_path / "run" / "summary.json").is_file() and not state.exists()
+    assert (tmp_path / "runs" / "softkd_none_b0_e1_s0" / "summary.json").is_file() and not state.exists()
 
 
 def test_files_are_readable_by_others_as_the_umask_allows(checkpoint, tmp_path):

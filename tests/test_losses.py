@@ -147,15 +147,15 @@ def test_lowpass_method_is_spectralkd_against_the_translated_teacher():
     import timm
 
     import dyn.models  # noqa: F401
-    from dyn.training.task import LayerDistillationTask
+    from dyn.training.task import LayerDistillationTask, SharedTeacher
 
     torch.manual_seed(0)
     teacher = timm.create_model("cait_digits").eval()
     student = timm.create_model("deit_digits")
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     task = LayerDistillationTask(student, teacher, [(7, 11)], "lowpass", beta=0.2, lowpass_keep=0.25).train()
-    out = task(x, y)
+    teacher_out = SharedTeacher([task])(x)
+    out = task(x, y, teacher_out)
     logits, maps = task.trainable_module(x)
-    _, teacher_maps = task.teacher_outputs(x)
-    expected = losses.spectral_loss(maps, [losses.lowpass_channels(teacher_maps[0], 0.25)])
+    expected = losses.spectral_loss(maps, [losses.lowpass_channels(teacher_out.maps[11], 0.25)])
     torch.testing.assert_close(out["feat_loss"], expected)

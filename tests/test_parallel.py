@@ -19,10 +19,18 @@ TRAIN = json.dumps(dict(global_batch=64, lr_base=2e-3, lr_base_size=64, warmup_e
                         eval_batch_size=512, crop_pct=None))
 
 
+# A cohort of two students: each its own DDP module under torchrun.
+COHORT = [{"method": "spectral", "layers": "First1+Last1", "beta": 0.2}, {"method": "softkd"}]
+
+
+def run_ids(epochs):
+    return [f"spectral_First1+Last1_b0.2_e{epochs}_s0", f"softkd_none_b0_e{epochs}_s0"]
+
+
 def distill_args(teacher, out, epochs, train=TRAIN, extra=()):
-    return ["distill", "--method", "spectral", "--layers", "First1+Last1", "--beta", "0.2", "--epochs", str(epochs),
+    return ["distill", "--runs", json.dumps(COHORT), "--epochs", str(epochs),
             "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher), "--student-arch", "deit_digits",
-            "--out-dir", str(out), "--num-images", "8", "--evolution-every", "1", "--dataset", DIGITS,
+            "--runs-dir", str(out), "--num-images", "8", "--evolution-every", "1", "--dataset", DIGITS,
             "--train", train, "--device", "cpu", "--threads", "1", *extra]
 
 
@@ -42,29 +50,32 @@ def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
 
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_batch_size"] == 128 and summary["batch_size_per_process"] == 64
-    assert summary["lr"] == pytest.approx(2e-3) and summary["devices"] == ["cpu", "cpu"]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "evolution.nc", "log.csv", "student.safetensors", "summary.json"]
-    assert two.stderr.count("INFO epoch 2/2") == 1, "only rank 0 logs epochs"
+    for run in run_ids(2):
+        summary = json.loads((tmp_path / "two" / run / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["global_batch_size"] == 128
+        assert summary["batch_size_per_process"] == 64 and summary["cohort"] == run_ids(2)
+        assert summary["lr"] == pytest.approx(2e-3) and summary["devices"] == ["cpu", "cpu"]
+        assert sorted(p.name for p in (tmp_path / "two" / run).iterdir()) == [
+            "evolution.nc", "log.csv", "student.safetensors", "summary.json"]
+        assert two.stderr.count(f"{run}: epoch 2/2") == 1, "only rank 0 logs epochs"
 
-    rows_one, rows_two = log_rows(tmp_path / "one"), log_rows(tmp_path / "two")
-    assert len(rows_two) == 2
-    for a, b in zip(rows_one, rows_two):
-        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=2e-3)
-        assert float(b["top1"]) == pytest.approx(float(a["top1"]), abs=1.0)
-    assert float(rows_two[-1]["loss"]) < float(rows_two[0]["loss"])
+        rows_one, rows_two = log_rows(tmp_path / "one" / run), log_rows(tmp_path / "two" / run)
+        assert len(rows_two) == 2
+        for a, b in zip(rows_one, rows_two):
+            assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=2e-3)
+            assert float(b["top1"]) == pytest.approx(float(a["top1"]), abs=1.0)
+        assert float(rows_two[-1]["loss"]) < float(rows_two[0]["loss"])
 
 
 def _state_epoch(path):
+    """The cohort state's finished epochs (one for all its students)."""
     try:
-        return torch.load(path, weights_only=True)["epoch"]
+        return min(entry["epoch"] for entry in torch.load(path, weights_only=True)["members"].values())
     except Exception:  # not written yet, or being replaced
         return 0
 
 
-def test_kill_9_then_rerun_resumes_bit_identical(teacher, tmp_path, env):
+def test_kill_9_of_a_cohort_then_rerun_resumes_every_student_bit_identical(teacher, tmp_path, env):
     epochs = 3
     whole = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "whole", epochs,
                                                         extra=["--state", str(tmp_path / "whole.pt")])],
@@ -81,15 +92,19 @@ def test_kill_9_then_rerun_resumes_bit_identical(teacher, tmp_path, env):
     victim.wait()
     killed_after = _state_epoch(state)
     assert 1 <= killed_after < epochs, "the run must die part-way"
-    assert not (tmp_path / "killed" / "summary.json").exists()
+    assert not any((tmp_path / "killed" / run / "summary.json").exists() for run in run_ids(epochs))
 
     rerun = subprocess.run([tool("dyn"), *args], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"resumed from {state} after epoch {killed_after} of {epochs}" in rerun.stderr
-    a = load_file(tmp_path / "whole" / "student.safetensors")
-    b = load_file(tmp_path / "killed" / "student.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["loss"] for r in log_rows(tmp_path / "whole")] == [r["loss"] for r in log_rows(tmp_path / "killed")]
+    for run in run_ids(epochs):
+        assert f"{run}: resumed from {state} after epoch {killed_after} of {epochs}" in rerun.stderr
+        a = load_file(tmp_path / "whole" / run / "student.safetensors")
+        b = load_file(tmp_path / "killed" / run / "student.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert [r["loss"] for r in log_rows(tmp_path / "whole" / run)] == [
+            r["loss"] for r in log_rows(tmp_path / "killed" / run)]
+        assert ((tmp_path / "whole" / run / "evolution.nc").read_bytes()
+                == (tmp_path / "killed" / run / "evolution.nc").read_bytes())
     assert not state.exists()
 
 

@@ -18,8 +18,8 @@ RECIPE = dict(global_batch=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, 
 
 
 def _run(teacher, out, spec, state=None, **recipe):
-    return distill(spec, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}), out,
-                   state_path=state, snapshots=Snapshots(num_images=8, every=1))
+    return distill([spec], "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}), [out],
+                   state_path=state, snapshots=Snapshots(num_images=8, every=1))[0]
 
 
 def test_run_directory_contract(teacher, tmp_path):
@@ -84,15 +84,20 @@ def test_float16_autocast_with_a_gradient_scaler_resumes_with_its_scale(teacher,
     # float16 autocast runs only on CUDA in a real run; here it is forced onto the CPU, scaler included.
     from dyn.training.loop import Precision
 
+    class CpuFloat16(Precision):
+        def new_scaler(self):
+            return torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
     def cpu_float16(device, amp, dtype="bfloat16"):
         assert dtype == "float16"
-        return Precision("cpu", torch.float16, True, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+        return CpuFloat16("cpu", torch.float16, True, True)
 
     monkeypatch.setattr(Precision, "of", staticmethod(cpu_float16))
     spec = RunSpec("spectral", "Last1", 0.2, 2, 0)  # float16 on the CPU is slow: two epochs, killed after one
     whole, resumed, state = _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, die_after=1,
                                                       amp_dtype="float16")
-    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    scaler = state["members"][spec.run_id]["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
     _assert_same_run(whole, resumed)
     rows = (whole / "log.csv").read_text().splitlines()
     assert float(rows[-1].split(",")[rows[0].split(",").index("loss")]) < float(
@@ -123,3 +128,60 @@ def test_non_finite_loss_stops_without_summary(teacher, tmp_path):
     with pytest.raises(NonFiniteLoss, match="epoch 1"):
         _run(teacher, tmp_path / "nan", RunSpec("spectral", "Last1", float("nan"), 2, 0), state=tmp_path / "s.pt")
     assert not (tmp_path / "nan" / "summary.json").exists()
+
+
+COHORT = [RunSpec("softkd", "none", 0.0, 2, 0), RunSpec("spectral", "First1", 0.2, 2, 0),
+          RunSpec("projector", "Last1", 0.2, 2, 0)]
+
+
+def _cohort(teacher, root, specs, state=None, **recipe):
+    return distill(specs, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}),
+                   [root / spec.run_id for spec in specs], state_path=state, snapshots=Snapshots(num_images=8, every=1))
+
+
+def test_a_cohort_trains_each_student_exactly_as_it_would_alone(teacher, tmp_path, monkeypatch):
+    # Random augmentation, drop path and the projector's initialisation all draw random numbers: each
+    # student must draw its own, and the data its own, whatever else trains beside it.
+    recipe = dict(augment=True, drop_path=0.1, teacher_cache=False)
+    for spec in COHORT:
+        _cohort(teacher, tmp_path / "alone", [spec], **recipe)
+    from dyn.training.task import SharedTeacher
+
+    forwards = []
+    real_forward = SharedTeacher.forward
+    monkeypatch.setattr(SharedTeacher, "forward", lambda self, images: forwards.append(1) or real_forward(self, images))
+    summaries = _cohort(teacher, tmp_path / "cohort", COHORT, **recipe)
+    steps = math.ceil(1437 / 128)  # the digits' training split, global batch 128
+    assert len(forwards) == 2 * steps, "one teacher forward per batch for the whole cohort"
+    assert [s["cohort"] for s in summaries] == [[spec.run_id for spec in COHORT]] * 3
+    for spec in COHORT:
+        alone, together = tmp_path / "alone" / spec.run_id, tmp_path / "cohort" / spec.run_id
+        _assert_same_run(alone, together)
+        assert (alone / "evolution.nc").read_bytes() == (together / "evolution.nc").read_bytes()
+    assert (tmp_path / "cohort" / COHORT[2].run_id / "projector.safetensors").read_bytes() == (
+        tmp_path / "alone" / COHORT[2].run_id / "projector.safetensors").read_bytes()
+
+
+def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_others(teacher, tmp_path, caplog):
+    caplog.set_level("INFO", logger="dyn")
+    diverging = RunSpec("spectral", "Last1", float("nan"), 2, 0)
+    specs = [COHORT[0], diverging]
+    state = tmp_path / "cohort.pt"
+    with pytest.raises(NonFiniteLoss, match=f"{diverging.run_id}: non-finite loss in epoch 1") as stop:
+        _cohort(teacher, tmp_path, specs, state=state)
+    assert COHORT[0].run_id not in str(stop.value)
+    assert (tmp_path / COHORT[0].run_id / "summary.json").is_file(), "the other student finishes"
+    assert not (tmp_path / diverging.run_id / "summary.json").exists()
+    assert f"{diverging.run_id}: stopped: non-finite loss in epoch 1" in caplog.text
+    finished = (tmp_path / COHORT[0].run_id / "student.safetensors").read_bytes()
+
+    # Snakemake deletes a failed job's outputs; the rerun writes the finished student from its state.
+    (tmp_path / COHORT[0].run_id / "summary.json").unlink()
+    (tmp_path / COHORT[0].run_id / "student.safetensors").unlink()
+    caplog.clear()
+    with pytest.raises(NonFiniteLoss, match=diverging.run_id):
+        _cohort(teacher, tmp_path, specs, state=state)
+    assert f"{COHORT[0].run_id}: resumed from {state} after epoch 2 of 2" in caplog.text
+    assert f"{COHORT[0].run_id}: epoch" not in caplog.text, "not retrained"
+    assert (tmp_path / COHORT[0].run_id / "student.safetensors").read_bytes() == finished
+    assert state.is_file(), "the state stays while a student has not finished"

@@ -19,24 +19,67 @@ def snakemake(args, cwd, env, timeout=600):
 
 
 def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run, as {rule: count}."""
+    """The 'Job stats' table of a dry run, as {rule: count}; the cohorts' rules (distill_<cohort>) count
+    together as `distill`."""
     table = output[output.index("Job stats:"):].splitlines()
     counts = {}
     for line in table[3:]:
         match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if not match:
             break
-        counts[match.group(1)] = int(match.group(2))
+        rule = "distill" if match.group(1).startswith("distill_") else match.group(1)
+        counts[rule] = counts.get(rule, 0) + int(match.group(2))
     return counts
+
+
+def cohorts_listed(output: str) -> dict[str, list[str]]:
+    """{cohort id: its run ids}, from the jobs' messages of a dry run."""
+    return {m.group(1): m.group(2).split(", ")
+            for m in re.finditer(r"^(?:Job \d+: )?distill (\S+): \d+ student\(s\): (.+)$", output, re.MULTILINE)}
 
 
 def test_dry_run_of_the_default_config(repo, env):
     result = snakemake(["-n", "--cores", "2", "--forceall"], repo, env)  # also after a `make run`
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
+    # 39 runs in 6 cohorts: 11 runs of 20 epochs and 2 of 40, in each of 3 seeds.
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
-                      "phases": 3, "distill": 39, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
-                      "figure_spectrum": 3, "figure_evolution": 1, "total": 65}
+                      "phases": 3, "distill": 6, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
+                      "figure_spectrum": 3, "figure_evolution": 1, "total": 32}
+    cohorts = cohorts_listed(result.stdout)
+    assert sorted(cohorts) == [f"cohort_e{e}_s{s}" for e in (20, 40) for s in range(3)]
+    assert cohorts["cohort_e40_s1"] == ["softkd_none_b0_e40_s1", "spectral_Last1_b0.2_e40_s1"]
+    assert sum(len(runs) for runs in cohorts.values()) == 39 and len(cohorts["cohort_e20_s2"]) == 11
+
+
+def _with_distill(repo, tmp_path, **distill):
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg["distill"].update(distill)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_cohort_size_splits_and_cohort_false_gives_one_job_per_run(repo, env, tmp_path):
+    capped = snakemake(["results/table1.csv", "-n", "--cores", "2", "--forceall", "--configfile",
+                        _with_distill(repo, tmp_path, cohort_size=4)], repo, env)
+    assert capped.returncode == 0, capped.stderr
+    cohorts = cohorts_listed(capped.stdout)
+    # 11 runs of one seed and 20 epochs, at most 4 per job: three near-equal parts, config order kept.
+    assert [len(cohorts[f"cohort_e20_s0_{k}of3"]) for k in (1, 2, 3)] == [4, 3, 4]
+    assert cohorts["cohort_e20_s0_1of3"][0] == "softkd_none_b0_e20_s0" and job_counts(capped.stdout)["distill"] == 12
+    single = snakemake(["results/table1.csv", "-n", "--cores", "2", "--forceall", "--configfile",
+                        _with_distill(repo, tmp_path, cohort=False)], repo, env)
+    assert single.returncode == 0, single.stderr
+    assert job_counts(single.stdout)["distill"] == 39
+    assert cohorts_listed(single.stdout)["softkd_none_b0_e20_s0"] == ["softkd_none_b0_e20_s0"]
+
+
+def test_one_runs_summary_builds_its_cohort(repo, env):
+    result = snakemake(["-n", "--cores", "2", "--forceall", "results/runs/softkd_none_b0_e40_s2/summary.json"],
+                       repo, env)
+    assert result.returncode == 0, result.stderr
+    assert cohorts_listed(result.stdout) == {"cohort_e40_s2": ["softkd_none_b0_e40_s2", "spectral_Last1_b0.2_e40_s2"]}
 
 
 def test_table1_target_builds_only_what_the_table_needs(repo, env):
@@ -44,7 +87,7 @@ def test_table1_target_builds_only_what_the_table_needs(repo, env):
     assert result.returncode == 0, result.stderr
     # The `auto` runs need the teacher's phases: its capture and metrics, not the other models'.
     assert job_counts(result.stdout) == {"fetch": 1, "capture": 1, "spectrum": 1, "entropy": 1, "magnitude": 1,
-                                         "phases": 1, "distill": 39, "table1": 1, "total": 46}
+                                         "phases": 1, "distill": 6, "table1": 1, "total": 13}
 
 
 def test_dry_run_of_the_paper_config(repo, env):
@@ -53,11 +96,13 @@ def test_dry_run_of_the_paper_config(repo, env):
                         "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {"fetch": 5, "capture": 5, "spectrum": 5, "entropy": 5, "magnitude": 5,
-                                         "phases": 5, "distill": 13, "table1": 1, "figure_profiles": 1,
+                                         "phases": 5, "distill": 2, "table1": 1, "figure_profiles": 1,
                                          "figure_phases": 1, "figure_spectrum": 5, "figure_evolution": 1, "all": 1,
-                                         "total": 53}
-    # Four GPUs per run: each distillation starts torchrun on four free GPU slots.
-    assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 13
+                                         "total": 42}
+    # The paper's 9 students of 300 epochs (and our 2 beyond it) in one cohort, its 2 of 500 in another.
+    assert {k: len(v) for k, v in cohorts_listed(result.stdout).items()} == {"cohort_e300_s0": 11, "cohort_e500_s0": 2}
+    # Four GPUs per cohort: each starts torchrun on four free GPU slots.
+    assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 2
     assert "--teacher-phases results/metrics/cait_s24/phases.csv" in result.stdout
 
 
@@ -140,10 +185,13 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
 
     with xr.open_dataset(results / "runs" / "softkd_none_b0_e2_s0" / "evolution.nc") as ds:
         assert list(ds["epoch"].values) == [0, 1, 2] and ds.sizes["layer"] == 8
-    assert (results / "logs" / "distill" / "softkd_none_b0_e2_s0.log").read_text().count("epoch ") >= 2
+    # The five runs are one cohort: one job, one log with every student's epochs.
+    cohort_log = (results / "logs" / "distill" / "cohort_e2_s0.log").read_text()
+    assert "cohort of 5 students" in cohort_log
+    assert all(cohort_log.count(f"{row['run']}: epoch ") == 2 for row in rows)
     assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
 
-    for rule, name in [("fetch", "cait"), ("capture", "resnet"), ("distill", "softkd_none_b0_e2_s0")]:
+    for rule, name in [("fetch", "cait"), ("capture", "resnet"), ("distill", "cohort_e2_s0")]:
         assert (results / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\th:m:s")
 
     # Nothing left to do: a second invocation is a no-op.

@@ -156,21 +156,45 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
     log.info("wrote %s", out)
 
 
+def _cohort_runs(value: str | None) -> list[dict]:
+    """--runs: a JSON list of {"method", "layers", "beta"} objects, one per student of the cohort."""
+    try:
+        runs = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--runs is not valid JSON ({error.msg}): give a list like "
+                        '[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}]') from None
+    if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
+        raise UserError("--runs must be a non-empty JSON list of objects with keys method, layers, beta")
+    for run in runs:
+        unknown = sorted(set(run) - {"method", "layers", "beta"})
+        if unknown or "method" not in run:
+            raise UserError(f"--runs entry {run}: needs 'method', may have 'layers' and 'beta' (not {unknown})")
+        beta = run.get("beta", 0.0)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+            raise UserError(f"--runs entry {run}: beta must be a number >= 0")
+    return runs
+
+
 @cli.command()
-@click.option("--method", required=True, type=click.Choice(METHODS))
+@click.option("--runs", "runs_json", default=None,
+              help='The students of a cohort as a JSON list, e.g. \'[{"method": "softkd"}, {"method": "spectral", '
+                   '"layers": "First1", "beta": 0.2}]\'; or one student by --method, --layers and --beta.')
+@click.option("--method", type=click.Choice(METHODS), default=None, help="One student's method (without --runs).")
+@click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
+@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of the feature loss.")
 @click.option("--teacher-phases", type=click.Path(dir_okay=False), default=None,
               help="The teacher's phases.csv, for the layer specs auto and autoK.")
 @click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
-@click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
-@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of the feature loss.")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--teacher-arch", required=True)
 @click.option("--teacher-checkpoint", required=True, type=click.Path(dir_okay=False))
 @click.option("--student-arch", required=True)
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--state", type=click.Path(dir_okay=False), default=None, help="Resumable training state file.")
+@click.option("--runs-dir", required=True, type=click.Path(file_okay=False),
+              help="Each run writes <runs-dir>/<run id>/.")
+@click.option("--state", type=click.Path(dir_okay=False), default=None,
+              help="Resumable training state file (of the whole cohort).")
 @click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Fixed validation images for the entropy snapshots.")
 @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
@@ -180,22 +204,28 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
 @train_option
 @device_option
 @threads_option
-def distill(method, teacher_phases, lowpass_keep, layer_spec, beta, epochs, seed, teacher_arch, teacher_checkpoint,
-            student_arch, out_dir, state, num_images, bins, evolution_every, sample, sample_seed, dataset_cfg, train_cfg,
-            device, threads):
-    """Train one student (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) and write its run directory."""
+def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, epochs, seed, teacher_arch,
+            teacher_checkpoint, student_arch, runs_dir, state, num_images, bins, evolution_every, sample, sample_seed,
+            dataset_cfg, train_cfg, device, threads):
+    """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) on one data stream
+    and one teacher forward, or one student, and write each run's directory."""
     _setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
     from .workflow.runs import RunSpec
 
-    spec = RunSpec(method, layer_spec, beta, epochs, seed)
+    if (runs_json is None) == (method is None):
+        raise UserError("give the students either as --runs (a JSON list) or one by --method, not both or neither")
+    runs = _cohort_runs(runs_json) if runs_json is not None else [{"method": method, "layers": layer_spec, "beta": beta}]
+    specs = [RunSpec(run["method"], run.get("layers", "none"), float(run.get("beta", 0.0)), epochs, seed)
+             for run in runs]
     snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)
-    summary = run_distill(spec, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
-                          Recipe.from_dict(train_cfg), out_dir, state_path=state, snapshots=snapshots, device=device,
-                          teacher_phases=teacher_phases, lowpass_keep=lowpass_keep)
-    if summary is not None:  # None on the other processes of a data-parallel run
-        log.info("run %s: top1 %.2f top5 %.2f", spec.run_id, summary["top1"], summary["top5"])
+    summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
+                            Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
+                            state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
+                            lowpass_keep=lowpass_keep)
+    for summary in summaries or []:  # None on the other processes of a data-parallel run
+        log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
 
 
 @cli.group()
@@ -316,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"dyn: error: {error.format_message()}", err=True)
         sys.exit(2)
     except NonFiniteLoss as error:
-        # A diverged run: one line naming the epoch and step; the last good state is kept, no summary.
+        # Diverged runs: one line naming each with its epoch and step; their last good state is kept.
         click.echo(f"dyn: error: {error}", err=True)
         sys.exit(3)
 

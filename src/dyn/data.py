@@ -169,8 +169,13 @@ def describe_sample(how: str, n: int, seed: int, split: str = "val") -> str:
     return f"stratified: {n} images of the {split} split, round-robin over its classes, seed {seed}"
 
 
-def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = None) -> Callable:
-    """timm's transform for this model's input config; random augmentation only if the recipe asks."""
+def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = None,
+                    dataset: str | None = None) -> Callable:
+    """timm's transform for this model's input config; random augmentation only if the recipe asks.
+
+    The digits get their own augmentation: timm's ImageNet one (random resized crops down to 8% of
+    the image, flips, RandAugment's posterize and colour operations) does not suit 8x8 grey digits.
+    """
     from timm.data import create_transform, resolve_data_config
 
     recipe = recipe or {}
@@ -181,6 +186,8 @@ def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = N
         data_cfg["interpolation"] = recipe["interpolation"]
     if not (train and recipe.get("augment", False)):
         return create_transform(**data_cfg, is_training=False)
+    if dataset == "digits":
+        return digits_augmentation(create_transform(**data_cfg, is_training=False))
     return create_transform(
         **data_cfg,
         is_training=True,
@@ -190,6 +197,18 @@ def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = N
         re_mode="pixel",
         re_count=1,
     )
+
+
+def digits_augmentation(then: Callable) -> Callable:
+    """Small random affine moves that keep an 8x8 digit a digit (up to 10 degrees of rotation, one
+    pixel of shift, 10% of scale; no flips: a flipped 2 is no digit), then the model's own `then`."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1),
+                                interpolation=transforms.InterpolationMode.BILINEAR),
+        then,
+    ])
 
 
 def stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

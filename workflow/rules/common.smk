@@ -10,6 +10,7 @@ from dyn.errors import UserError
 from dyn.workflow import config as dyn_config
 from dyn.workflow import failures as dyn_failures
 from dyn.workflow import layers as dyn_layers
+from dyn.workflow import runs as dyn_runs
 
 try:
     # snakemake.utils.validate against the schema (its defaults filled in), then the cross-key checks.
@@ -30,6 +31,8 @@ MODELS = config["models"]
 TEACHER = config["distill"]["teacher"]
 STUDENT = config["distill"]["student"]
 RUNS = {spec.run_id: spec for spec in dyn_config.run_specs(config)}
+# The distillation jobs: {cohort id: its runs} (rules/distill.smk makes one rule per cohort).
+COHORTS = dyn_runs.cohorts(list(RUNS.values()), config["distill"]["cohort"], config["distill"]["cohort_size"])
 # The evolution figure shows each grid point once: its run with the first seed.
 FIRST_SEED_RUNS = [run for run, spec in RUNS.items() if spec.seed == config["distill"]["seeds"][0]]
 FORMATS = config["report"]["formats"]

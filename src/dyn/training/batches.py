@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import World
+from .rng import RngStream, data_seed
 
 
 class _Indexed(Dataset):
@@ -35,6 +36,8 @@ class Batches:
     global batch. With `repeats` > 1 the order comes from timm's RepeatAugSampler (DeiT's repeated
     augmentation): each image `repeats` times in a row, so its copies land in one global batch (or
     two neighbouring ones), and an epoch as long as the dataset (rounded down to a multiple of 256).
+    Random augmentations draw from a stream of the data's own, seeded by (seed, epoch, rank): the
+    models trained on the batches, and their random draws, do not change them.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
@@ -85,10 +88,21 @@ class Batches:
                 index = order[b * self.batch_size:(b + 1) * self.batch_size]
                 yield images[index], labels[index], index
             return
+        # Random augmentation draws from the data's own stream, a function of (seed, epoch, rank): in the
+        # main process (num_workers 0) swapped in around each batch, in workers seeded from it.
+        seed = data_seed(self.seed, epoch, self.world.rank)
+        stream = RngStream(seed)
         loader = DataLoader(_Indexed(self.dataset), batch_size=self.batch_size, sampler=order.tolist(),
                             num_workers=self.num_workers, drop_last=self.drop_last,
-                            persistent_workers=False, pin_memory=torch.cuda.is_available())
-        yield from loader
+                            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(seed))
+        batches = iter(loader)
+        while True:
+            with stream.active():
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
 
 
 def split_batches(dataset_cfg: dict, model: nn.Module, recipe, seed: int,
@@ -96,9 +110,11 @@ def split_batches(dataset_cfg: dict, model: nn.Module, recipe, seed: int,
     """Training and validation batches of the configured dataset, with `model`'s timm transforms."""
     from ..data import build_dataset, build_transform
 
-    train_set = build_dataset(dataset_cfg, "train", build_transform(model, train=True, recipe=recipe.to_dict()))
+    name = dataset_cfg.get("name", "digits")
+    train_set = build_dataset(dataset_cfg, "train", build_transform(model, train=True, recipe=recipe.to_dict(),
+                                                                    dataset=name))
     val_set = build_dataset(dataset_cfg, "val", build_transform(model, train=False, recipe=recipe.to_dict()))
-    small = dataset_cfg.get("name", "digits") == "digits"
+    small = name == "digits"
     train = Batches(train_set, recipe.batch_per_process(world.size), shuffle=True, seed=seed,
                     in_memory=small and not recipe.augment, num_workers=recipe.num_workers, drop_last=not small,
                     world=world, repeats=recipe.repeated_aug)

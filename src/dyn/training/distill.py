@@ -1,8 +1,10 @@
-"""One distillation run: teacher checkpoint + student from scratch -> the run directory's files.
+"""Distillation: a cohort of students (or one) from scratch against a teacher checkpoint -> each run
+directory's files.
 
-Outputs (README, "What comes out"): summary.json (written last: a summary means the run is complete),
-log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), and for
-ProjectorKD projector.safetensors. The resumable state lives in `state_path`, outside them.
+Outputs per run (README, "What comes out"): summary.json (written last: a summary means the run is
+complete), log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), and
+for ProjectorKD projector.safetensors. The resumable state of the whole cohort lives in
+`state_path`, outside them.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
+from timm.task import DistillationTeacher
 
 from .. import __version__
 from ..data import build_dataset, num_classes
@@ -29,10 +33,11 @@ from ..workflow.runs import RunSpec
 from . import distributed
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution
-from .loop import Precision, fit
+from .loop import Loop, Member, Precision, fit, raise_if_stopped
 from .recipe import Recipe, make_optimizer, make_scheduler
-from .state import clear_state, fingerprint_of, seed_everything
-from .task import LayerDistillationTask
+from .rng import RngStream
+from .state import clear_state, fingerprint_of
+from .task import LayerDistillationTask, SharedTeacher
 
 log = logging.getLogger("dyn")
 
@@ -91,76 +96,116 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
     return layers.parse(spec.layers, depth_of(student_arch), depth_of(teacher_arch), bottleneck)
 
 
-def distill(spec: RunSpec, teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
-            dataset_cfg: dict, recipe: Recipe, out_dir: str | Path, state_path: str | Path | None = None,
+def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
+            dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
             snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
-            lowpass_keep: float = 0.25) -> dict | None:
-    """Train one student for `spec`; write the run directory; return the summary (None off the main process).
+            lowpass_keep: float = 0.25) -> list[dict] | None:
+    """Train a cohort of students of one teacher, one architecture, one epoch count and one seed (one
+    spec: a plain run); write each run's directory (`out_dirs`, in the order of `specs`); return their
+    summaries (None off the main process).
 
+    The cohort reads one data stream and runs the teacher once per batch for all students; each
+    student draws its randomness from its own stream, so it ends exactly as it would alone. A student
+    whose loss is not finite stops, the others finish and are written, then NonFiniteLoss names it.
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
     `teacher_phases`: the teacher's phases.csv, for `auto` layer specs; `lowpass_keep`: the share of
     channel frequencies the `lowpass` method keeps of the teacher's maps.
     """
     started = time.perf_counter()
-    pairs = aligned_pairs(spec, student_arch, teacher_arch, teacher_phases)  # a bad spec fails before any load
+    specs = _check_cohort(list(specs), len(out_dirs))
+    pairs = [aligned_pairs(spec, student_arch, teacher_arch, teacher_phases) for spec in specs]  # before any load
     world = distributed.init(device)
     try:
-        seed_everything(spec.seed)
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
-        setup = RunSetup(spec, pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch, dataset_cfg,
-                         recipe, snapshots, lowpass_keep)
-        task, train, val, snapshot_images = _build_task(setup, world)
-        optimizer = make_optimizer(task.trainable_module, recipe)
-        scheduler = make_scheduler(optimizer, recipe, spec.epochs, len(train))
-        state_path = Path(state_path) if state_path else None
-        history = fit(task, optimizer, scheduler, train, val, spec.epochs, world,
-                      snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
-                      snapshot_every=snapshots.every, state_path=state_path, fingerprint=setup.fingerprint(world.size),
-                      precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype),
-                      log_interval=recipe.log_interval)
-        if not world.is_main:
-            return None
-        summary = _write_run(Path(out_dir), task, history, setup, world, time.perf_counter() - started)
-        clear_state(state_path)
-        return summary
+        setups = [RunSetup(spec, spec_pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch,
+                           dataset_cfg, recipe, snapshots, lowpass_keep) for spec, spec_pairs in zip(specs, pairs)]
+        precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
+        members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
+        fit(Loop(members, train, val, specs[0].epochs, world, precision, teacher=teacher,
+                 log_interval=recipe.log_interval, state_path=Path(state_path) if state_path else None,
+                 snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
+                 snapshot_every=snapshots.every))
+        summaries = None
+        if world.is_main:
+            names = [m.name for m in members]
+            summaries = [_write_run(Path(out_dir), member, setup, world, time.perf_counter() - started, names)
+                         for member, setup, out_dir in zip(members, setups, out_dirs) if member.stopped is None]
+        raise_if_stopped(members)  # after the finished students are written; their state stays for a rerun
+        if world.is_main:
+            clear_state(Path(state_path) if state_path else None)
+        return summaries
     finally:
         distributed.barrier(world)
         distributed.shutdown(world)
 
 
-def _build_task(setup: RunSetup, world) -> tuple[LayerDistillationTask, object, object, torch.Tensor]:
-    """The teacher, a fresh student and the loss of `setup`, ready to train; with the training and
-    validation batches and the snapshot images."""
-    recipe, dataset_cfg = setup.recipe, setup.dataset_cfg
-    teacher = load_checkpoint(setup.teacher_arch, setup.teacher_checkpoint)
+def _check_cohort(specs: list[RunSpec], n_out_dirs: int) -> list[RunSpec]:
+    """A cohort is distinct runs of one epoch count and one seed, each with its output directory."""
+    if not specs or len(specs) != n_out_dirs:
+        raise ValueError(f"{len(specs)} runs but {n_out_dirs} output directories")
+    if len({(spec.epochs, spec.seed) for spec in specs}) > 1 or len({spec.run_id for spec in specs}) < len(specs):
+        raise UserError("the runs of a cohort must be distinct and share epochs and seed, got "
+                        + ", ".join(spec.run_id for spec in specs))
+    return specs
+
+
+def _build_cohort(setups: list[RunSetup], world, precision: Precision):
+    """The students (each a member of the loop, built in its own random stream), the teacher they share,
+    the training and validation batches and the snapshot images."""
+    recipe, dataset_cfg, first = setups[0].recipe, setups[0].dataset_cfg, setups[0]
+    teacher = DistillationTeacher(load_checkpoint(first.teacher_arch, first.teacher_checkpoint), device=world.device)
     n_classes = num_classes(build_dataset(dataset_cfg, "val"))
-    if teacher.num_classes != n_classes:
-        raise UserError(f"teacher {setup.teacher_arch} has {teacher.num_classes} classes but the dataset has {n_classes}")
-    student = create_model(setup.student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
-    if world.is_main:
-        log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", setup.spec.run_id,
-                 setup.student_arch, setup.teacher_arch, setup.pairs, world.size, world.device)
-    task = LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
-                                 temperature=recipe.temperature, beta=setup.spec.beta,
-                                 label_smoothing=recipe.label_smoothing, device=world.device,
-                                 lowpass_keep=setup.lowpass_keep).to(world.device)
-    train, val = split_batches(dataset_cfg, student, recipe, setup.spec.seed, world)
-    snapshot_images = setup.snapshots.images(dataset_cfg, student, recipe)
+    if teacher.model.num_classes != n_classes:
+        raise UserError(f"teacher {first.teacher_arch} has {teacher.model.num_classes} classes but the dataset has "
+                        f"{n_classes}")
+    tasks, streams = [], []
+    for setup in setups:
+        stream = RngStream(setup.spec.seed, world.device)
+        with stream.active():  # initialisation (student, projector) from the student's own stream
+            student = create_model(setup.student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+            tasks.append(LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
+                                               temperature=recipe.temperature, beta=setup.spec.beta,
+                                               label_smoothing=recipe.label_smoothing, device=world.device,
+                                               lowpass_keep=setup.lowpass_keep).to(world.device))
+        streams.append(stream)
+        if world.is_main:
+            log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", setup.spec.run_id,
+                     setup.student_arch, setup.teacher_arch, setup.pairs, world.size, world.device)
+    student = tasks[0].trainable_module.student  # one architecture: one transform, one set of snapshot images
+    train, val = split_batches(dataset_cfg, student, recipe, first.spec.seed, world)
+    snapshot_images = first.snapshots.images(dataset_cfg, student, recipe)
+    shared = SharedTeacher(tasks)
     if recipe.teacher_cache and train.tensors is not None:
         # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
-        task.build_teacher_cache(train.tensors[0], recipe.eval_batch_size)
+        shared.build_cache(train.tensors[0], recipe.eval_batch_size, world.device)
+    if recipe.compile:
+        shared.compile()
+    members = []
+    for setup, task, stream in zip(setups, tasks, streams):
+        _prepare(task, recipe, world)
+        optimizer = make_optimizer(task.trainable_module, recipe)
+        members.append(Member(setup.spec.run_id, task, optimizer,
+                              make_scheduler(optimizer, recipe, setup.spec.epochs, len(train)), stream,
+                              setup.fingerprint(world.size), precision.new_scaler()))
+    if world.is_main and len(members) > 1:
+        log.info("cohort of %d students: one data stream, one teacher forward per batch (teacher layers %s)",
+                 len(members), shared.layers)
+    return members, shared, train, val, snapshot_images
+
+
+def _prepare(task: LayerDistillationTask, recipe: Recipe, world) -> None:
+    """EMA, compile and DDP wrappers of one student, as the recipe asks."""
     if recipe.ema:
         task.setup_ema(decay=recipe.ema_decay)
     if recipe.compile:
         task.compile()
     if world.distributed:
         task.prepare_distributed(device_ids=[world.device.index] if world.device.type == "cuda" else None)
-    return task, train, val, snapshot_images
 
 
-def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_seconds: float) -> dict:
+def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_seconds: float, cohort: list[str]) -> dict:
     """The run directory's files; summary.json last, so that a summary means a complete run."""
-    spec, recipe, snapshots = setup.spec, setup.recipe, setup.snapshots
+    spec, recipe, snapshots, task, history = setup.spec, setup.recipe, setup.snapshots, member.task, member.history
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
     if task.has_ema():
@@ -173,7 +218,13 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
              "bins": snapshots.bins, "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
              "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
+    summary = _summary(setup, history, world, wall_seconds, cohort)
+    write_json(out_dir / "summary.json", summary)
+    return summary
 
+
+def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[str]) -> dict:
+    spec, recipe = setup.spec, setup.recipe
     final = history.rows[-1]
     best = max(history.rows, key=lambda row: row["top1"])
     total_images = sum(row["images_per_s"] * row["seconds"] for row in history.rows)
@@ -182,14 +233,15 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
         "run": spec.run_id, "method": spec.method, "layers": spec.layers, "pairs": setup.pairs, "beta": spec.beta,
         "epochs": spec.epochs, "seed": spec.seed, "teacher": setup.teacher_arch, "student": setup.student_arch,
         "top1": final["top1"], "top5": final["top5"], "best_top1": best["top1"], "best_top5": best["top5"],
-        "best_epoch": best["epoch"], "wall_seconds": wall_seconds,
-        "train_seconds": total_seconds,
+        "best_epoch": best["epoch"],
+        # Times are the job's: a cohort's students share its wall time, each trained on every image.
+        "wall_seconds": wall_seconds, "train_seconds": total_seconds,
         "images_per_second": total_images / total_seconds if total_seconds else None,
-        "world_size": world.size, "batch_size_per_process": recipe.batch_per_process(world.size),
+        "cohort": cohort, "world_size": world.size, "batch_size_per_process": recipe.batch_per_process(world.size),
         "global_batch_size": recipe.global_batch, "lr": recipe.lr(),
         "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.global_batch} / {recipe.lr_base_size}",
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
-        "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(snapshots),
+        "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(setup.snapshots),
         **({"lowpass_keep": setup.lowpass_keep} if spec.method == "lowpass" else {}),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
@@ -199,7 +251,6 @@ def _write_run(out_dir: Path, task, history, setup: RunSetup, world, wall_second
     }
     if "ema_top1" in final:
         summary.update(ema_top1=final["ema_top1"], ema_top5=final["ema_top5"])
-    write_json(out_dir / "summary.json", summary)
     return summary
 
 

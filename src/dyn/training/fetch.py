@@ -21,9 +21,10 @@ from ..workflow.atomic import write_json
 from ..workflow.config import weights_kind
 from .batches import split_batches
 from .distributed import World, init
-from .loop import Precision, evaluate, fit
+from .loop import Loop, Member, Precision, evaluate, fit, raise_if_stopped
 from .recipe import Recipe, make_optimizer, make_scheduler
-from .state import clear_state, fingerprint_of, seed_everything
+from .rng import RngStream
+from .state import clear_state, fingerprint_of
 
 log = logging.getLogger("dyn")
 
@@ -33,17 +34,19 @@ def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Rec
     """Train a model on the configured dataset with plain cross-entropy (timm's ClassificationTask)."""
     from timm.task import ClassificationTask
 
-    seed_everything(seed)
-    model = create_model(arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+    stream = RngStream(seed, world.device)
+    with stream.active():
+        model = create_model(arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
     train, val = split_batches(dataset_cfg, model, recipe, seed)
     task = ClassificationTask(model, criterion_kwargs=dict(smoothing=recipe.label_smoothing),
                               device=world.device, verbose=False).to(world.device)
     optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe, epochs, len(train))
-    fit(task, optimizer, scheduler, train, val, epochs, world, state_path=state_path,
-        fingerprint=fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed),
-        precision=Precision.of(world.device, recipe.amp, recipe.amp_dtype),
-        log_interval=recipe.log_interval)
+    precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
+    member = Member(arch, task, optimizer, make_scheduler(optimizer, recipe, epochs, len(train)), stream,
+                    fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed), precision.new_scaler())
+    fit(Loop([member], train, val, epochs, world, precision, log_interval=recipe.log_interval,
+             state_path=state_path))
+    raise_if_stopped([member])
     return model
 
 

@@ -1,9 +1,11 @@
-"""The training loop: one epoch of a timm task, then the end-of-epoch step (evaluation, log row,
-evolution snapshot, resume state), as timm's train.py splits train_one_epoch from the rest.
+"""The training loop: one epoch of timm tasks, then the end-of-epoch step (evaluation, log rows,
+evolution snapshots, resume state), as timm's train.py splits train_one_epoch from the rest.
 
-Used both to train a model on its own (`dyn fetch` with weights: train, a ClassificationTask)
-and to distil a student (`dyn distill`, a LayerDistillationTask), in one process or data-parallel
-under torchrun. On CUDA the forward passes run under autocast (bfloat16, or float16 with a gradient
+The loop trains a list of members on one data stream: a cohort of students that share the
+teacher's forward (`dyn distill`, LayerDistillationTasks), or one model on its own (`dyn fetch`
+with weights: train, a ClassificationTask). Each member steps on every batch in turn, drawing
+its randomness from its own stream, so it trains exactly as it would alone. One process or
+data-parallel under torchrun (each member its own DDP module). On CUDA the forward passes run under autocast (bfloat16, or float16 with a gradient
 scaler); on the CPU everything is float32.
 """
 from __future__ import annotations
@@ -22,182 +24,259 @@ from tqdm import tqdm
 from ..errors import NonFiniteLoss
 from .batches import Batches
 from .distributed import World, all_reduce_sum
-from .state import History, load_state, save_state
+from .rng import RngStream
+from .state import History, kept_entry, load_state, save_state
 
 log = logging.getLogger("dyn")
 
 
 @dataclass
 class Precision:
-    """Autocast of the forward passes and, for float16, the gradient scaler that keeps its gradients
-    from underflowing; both off (float32) unless enabled."""
+    """Autocast of the forward passes, and whether float16 needs a gradient scaler (one per trained
+    model) to keep its gradients from underflowing; both off (float32) unless enabled."""
 
     device_type: str = "cpu"
     dtype: torch.dtype = torch.bfloat16
     enabled: bool = False
-    scaler: torch.amp.GradScaler | None = None
+    scaled: bool = False
 
     @classmethod
     def of(cls, device: torch.device, amp: bool, dtype: str = "bfloat16") -> "Precision":
         """Autocast in `dtype` on CUDA when `amp`; float32 on the CPU."""
         enabled = amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler(device.type) if enabled and dtype == "float16" else None
-        return cls(device.type, getattr(torch, dtype), enabled, scaler)
+        return cls(device.type, getattr(torch, dtype), enabled, enabled and dtype == "float16")
 
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)  # skipped where the scaled gradients overflowed
-        self.scaler.update()
+    def new_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.scaled else None
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # skipped where the scaled gradients overflowed
+    scaler.update()
+
+
+@dataclass
+class Member:
+    """One model the loop trains: a student of a cohort, or the one model of a plain run."""
+
+    name: str                        # the run id (or model key): log lines, the state file, errors
+    task: nn.Module                  # a timm task: task(images, labels[, teacher outputs]) -> {"loss", ...}
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    rng: RngStream                   # its own initialisation, dropout and drop path draws
+    fingerprint: str = ""            # its configuration: a state entry of another one is not resumed
+    scaler: torch.amp.GradScaler | None = None
+    history: History = field(default_factory=History)
+    done: int = 0                    # finished epochs
+    stopped: str | None = None       # why it stopped early (a non-finite loss)
+    kept: dict | None = None         # a stopped member's last good state entry
 
 
 @dataclass
 class Loop:
-    """What stays the same from epoch to epoch of one training run."""
+    """What stays the same from epoch to epoch of one training job.
 
-    task: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
+    `teacher`: the shared forward of a cohort, (images, sample indices) -> what each task takes as
+    its third argument, run once per batch for every member; None for tasks without one.
+    """
+
+    members: list[Member]
     train: Batches
     val: Batches
     epochs: int
     world: World = World()
     precision: Precision = field(default_factory=Precision)
+    teacher: Callable | None = None
     log_interval: int = 50
-    progress: bool = False
+    progress: bool | None = None     # a progress bar; None: when stderr is a terminal (main process)
     state_path: Path | None = None
-    fingerprint: str = ""
     snapshot: Callable[[nn.Module], dict] | None = None
     snapshot_every: int = 0
 
 
-def fit(task, optimizer, scheduler, train: Batches, val: Batches, epochs: int, world: World = World(),
-        snapshot: Callable[[nn.Module], dict] | None = None, snapshot_every: int = 0,
-        state_path: Path | None = None, fingerprint: str = "", precision: Precision = Precision(),
-        log_interval: int = 50, progress: bool | None = None) -> History:
-    """Train `task` for `epochs`, resuming from `state_path` when it holds a finished epoch of this run.
+def fit(loop: Loop) -> list[Member]:
+    """Train every member for `loop.epochs`, each resuming from the state file where it holds an entry of
+    its configuration; members at different epochs train side by side on the same epoch's batches.
 
-    A snapshot of the eval model is taken before the first epoch, every `snapshot_every` epochs and
-    after the last. A state saved under another `fingerprint` is ignored. A non-finite loss raises
-    NonFiniteLoss naming the epoch and step; the state on disk is then still the last good one.
+    A snapshot of each eval model is taken before its first epoch, every `snapshot_every` epochs and
+    after the last. A member whose loss is not finite stops (`member.stopped` says where, its last
+    good state stays in the file); the others go on. The caller decides what a stop means.
     """
-    if progress is None:
-        progress = sys.stderr.isatty() and world.is_main
-    loop = Loop(task, optimizer, scheduler, train, val, epochs, world, precision, log_interval, progress,
-                Path(state_path) if state_path else None, fingerprint, snapshot, snapshot_every)
-    start_epoch, history = 0, History()
+    if loop.progress is None:
+        loop.progress = sys.stderr.isatty() and loop.world.is_main
     if loop.state_path is not None and loop.state_path.is_file():
-        restored = load_state(loop.state_path, task, optimizer, scheduler, fingerprint, precision.scaler)
-        if restored is not None:
-            start_epoch, history = restored
-            log.info("resumed from %s after epoch %d of %d", state_path, start_epoch, epochs)
-    if snapshot is not None and world.is_main and start_epoch == 0 and not history.snapshots:
-        history.snapshots.append((0, snapshot(task.get_eval_model())))
-    for epoch in range(start_epoch, epochs):
+        load_state(loop.state_path, loop.members)
+        for member in loop.members:
+            if member.done:
+                log.info("%s: resumed from %s after epoch %d of %d", member.name, loop.state_path, member.done,
+                         loop.epochs)
+    for member in loop.members:
+        if loop.snapshot is not None and loop.world.is_main and member.done == 0 and not member.history.snapshots:
+            member.history.snapshots.append((0, loop.snapshot(member.task.get_eval_model())))
+    for epoch in range(min(m.done for m in loop.members), loop.epochs):
+        active = [m for m in loop.members if m.done <= epoch and m.stopped is None]
+        if not active:
+            break
         started = time.perf_counter()
-        losses, images = train_one_epoch(loop, epoch)
-        end_of_epoch(loop, epoch, losses, images, time.perf_counter() - started, history)
-    return history
+        sums = train_one_epoch(loop, active, epoch)
+        end_of_epoch(loop, active, epoch, sums, time.perf_counter() - started)
+    return loop.members
 
 
-def train_one_epoch(loop: Loop, epoch: int) -> tuple[dict[str, float], float]:
-    """One pass over the training batches; returns the mean of each loss part over every process's
-    images, and how many images that was. Loss parts are summed on the device: the host reads them
-    only every `log_interval` steps (progress bar, non-finite check) and at the end."""
-    task, optimizer, device = loop.task, loop.optimizer, loop.world.device
-    task.train()
-    started = time.perf_counter()
-    sums: dict[str, torch.Tensor] = {}
+def _train_step(loop: Loop, member: Member, images, labels, teacher, update: int) -> dict[str, torch.Tensor]:
+    """One optimiser step of one member, drawing from its own random stream."""
+    with member.rng.active():
+        with loop.precision.autocast():
+            out = member.task(images, labels) if teacher is None else member.task(images, labels, teacher)
+        member.optimizer.zero_grad(set_to_none=True)
+        backward_and_step(out["loss"], member.optimizer, member.scaler)
+    if member.scheduler is not None:
+        member.scheduler.step_update(num_updates=update)
+    member.task.update_ema(step=update)
+    return out
+
+
+def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> dict[str, dict[str, float]]:
+    """One pass over the training batches, every active member stepping on each batch; returns per member
+    the mean of each loss part over every process's images, and `images`, their count. Loss parts are
+    summed on the device: the host reads them only every `log_interval` steps (progress bar, non-finite
+    check) and at the end."""
+    device = loop.world.device
+    for member in active:
+        member.task.train()
+    sums: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in active}
+    first_bad = {m.name: torch.full((), -1, dtype=torch.int64, device=device) for m in active}
     n_images = torch.zeros((), dtype=torch.float64, device=device)
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    started = time.perf_counter()
     steps_per_epoch = len(loop.train)
     bar = tqdm(loop.train.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{loop.epochs}",
                unit="batch", disable=not loop.progress, leave=False)
     for step, (images, labels, index) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with loop.precision.autocast():
-            out = task(images, labels, index) if _takes_index(task) else task(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loop.precision.backward_and_step(out["loss"], optimizer)
-        update = epoch * steps_per_epoch + step + 1
-        if loop.scheduler is not None:
-            loop.scheduler.step_update(num_updates=update)
-        task.update_ema(step=update)
-        batch = labels.shape[0]
-        for name, value in out.items():
-            if name != "output":
-                value = value.detach().double() * batch
-                sums[name] = sums[name] + value if name in sums else value
-        n_images += batch
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out["loss"].detach()),
-                                torch.full_like(first_bad, step + 1), first_bad)
+        teacher = None
+        if loop.teacher is not None:
+            with loop.precision.autocast():
+                teacher = loop.teacher(images, index)  # once for the whole cohort
+        for member in [m for m in active if m.stopped is None]:
+            out = _train_step(loop, member, images, labels, teacher, epoch * steps_per_epoch + step + 1)
+            for name, value in out.items():
+                if name != "output":
+                    value = value.detach().double() * labels.shape[0]
+                    sums[member.name][name] = sums[member.name][name] + value if name in sums[member.name] else value
+            bad = first_bad[member.name]
+            first_bad[member.name] = torch.where((bad < 0) & ~torch.isfinite(out["loss"].detach()),
+                                                 torch.full_like(bad, step + 1), bad)
+        n_images += labels.shape[0]
         if (step + 1) % loop.log_interval == 0:
-            _stop_if_non_finite(first_bad, loop, epoch)
-            if loop.progress:
+            _stop_non_finite(loop, active, first_bad, epoch)
+            if loop.progress and active[0].stopped is None:
                 seen = float(n_images)
-                bar.set_postfix({**{k: f"{float(v) / seen:.4g}" for k, v in sums.items()},
+                bar.set_postfix({"loss": f"{float(sums[active[0].name]['loss']) / seen:.4g}",
                                  "img/s": f"{seen / (time.perf_counter() - started):.0f}"})
-    _stop_if_non_finite(first_bad, loop, epoch)
-    names = sorted(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in names] + [n_images]), loop.world).tolist()
-    return {k: v / totals[-1] for k, v in zip(names, totals)}, totals[-1]
+    _stop_non_finite(loop, active, first_bad, epoch)
+    return _mean_losses(loop, [m for m in active if m.stopped is None], sums, n_images)
 
 
-def end_of_epoch(loop: Loop, epoch: int, losses: dict[str, float], images: float, seconds: float,
-                 history: History) -> None:
-    """Evaluate, log the epoch's row, take a snapshot when one is due, save the resume state."""
-    task, world, done = loop.task, loop.world, epoch + 1
-    row = {"epoch": done, **losses, **evaluate(task.get_eval_model(), loop.val, world.device, world, loop.precision)}
-    if task.has_ema():
-        ema = evaluate(task.get_eval_model(ema=True), loop.val, world.device, world, loop.precision)
-        row.update({f"ema_{k}": v for k, v in ema.items()})
-    row.update(lr=loop.optimizer.param_groups[0]["lr"], seconds=seconds, images_per_s=images / seconds)
-    history.rows.append(row)
-    if world.is_main:
-        log.info("epoch %d/%d %s", done, loop.epochs, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+def _mean_losses(loop: Loop, members: list[Member], sums, n_images) -> dict[str, dict[str, float]]:
+    """Each member's loss parts averaged over all processes' images, in one all-reduce."""
+    names = {m.name: sorted(sums[m.name]) for m in members}
+    flat = [sums[m.name][k] for m in members for k in names[m.name]] + [n_images]
+    totals = all_reduce_sum(torch.stack(flat), loop.world).tolist()
+    images, result, i = totals[-1], {}, 0
+    for member in members:
+        result[member.name] = {"losses": {}, "images": images}
+        for key in names[member.name]:
+            result[member.name]["losses"][key] = totals[i] / images
+            i += 1
+    return result
+
+
+def end_of_epoch(loop: Loop, active: list[Member], epoch: int, sums: dict, seconds: float) -> None:
+    """Evaluate every member still training in one pass over the validation split, log each one's row,
+    take the snapshots that are due, save the state of all members."""
+    world, done = loop.world, epoch + 1
+    going = [m for m in active if m.stopped is None]
+    models = [m.task.get_eval_model() for m in going] + [m.task.get_eval_model(ema=True) for m in going
+                                                         if m.task.has_ema()]
+    scores = iter(evaluate_all(models, loop.val, world.device, world, loop.precision))
+    rows = {m.name: {"epoch": done, **sums[m.name]["losses"], **next(scores)} for m in going}
+    for member in [m for m in going if m.task.has_ema()]:
+        rows[member.name].update({f"ema_{k}": v for k, v in next(scores).items()})
     due = done == loop.epochs or (loop.snapshot_every and done % loop.snapshot_every == 0)
-    if loop.snapshot is not None and world.is_main and due:
-        history.snapshots.append((done, loop.snapshot(task.get_eval_model())))
+    for member in going:
+        row = rows[member.name]
+        row.update(lr=member.optimizer.param_groups[0]["lr"], seconds=seconds,
+                   images_per_s=sums[member.name]["images"] / seconds)
+        member.history.rows.append(row)
+        member.done = done
+        if world.is_main:
+            log.info("%s: epoch %d/%d %s", member.name, done, loop.epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if loop.snapshot is not None and world.is_main and due:
+            member.history.snapshots.append((done, loop.snapshot(member.task.get_eval_model())))
     if loop.state_path is not None and world.is_main:
-        save_state(loop.state_path, task, loop.optimizer, loop.scheduler, done, history, loop.fingerprint,
-                   loop.precision.scaler)
+        save_state(loop.state_path, loop.members)
+
+
+def evaluate_all(models: list[nn.Module], batches: Batches, device: torch.device, world: World = World(),
+                 precision: Precision = Precision()) -> list[dict[str, float]]:
+    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of each model over a split (all
+    processes), in one pass over its batches."""
+    for model in models:
+        model.eval()
+    sums = torch.zeros(len(models), 4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss, count
+    with torch.inference_mode(), precision.autocast():
+        for images, labels, _ in batches.epoch(0):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            for i, model in enumerate(models):
+                logits = model(images).float()
+                hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+                sums[i] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                        nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                                        torch.tensor(labels.shape[0], device=device)]).double()
+    return [{"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "val_loss": loss / n}
+            for c1, c5, loss, n in all_reduce_sum(sums, world).tolist()]
 
 
 def evaluate(model: nn.Module, batches: Batches, device: torch.device, world: World = World(),
              precision: Precision = Precision()) -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over a split (all processes)."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss, count
-    with torch.inference_mode(), precision.autocast():
-        for images, labels, _ in batches.epoch(0):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(images).float()
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-            sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                                 nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                                 torch.tensor(labels.shape[0], device=device)]).double()
-    correct1, correct5, loss, count = all_reduce_sum(sums, world).tolist()
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "val_loss": loss / count}
+    return evaluate_all([model], batches, device, world, precision)[0]
 
 
-def _stop_if_non_finite(first_bad: torch.Tensor, loop: Loop, epoch: int) -> None:
-    """Raise NonFiniteLoss if a step's loss was not finite on any process (a host sync)."""
-    flagged = torch.where(first_bad < 0, torch.full_like(first_bad, 2**62), first_bad)
+def _stop_non_finite(loop: Loop, active: list[Member], first_bad: dict, epoch: int) -> None:
+    """Stop each member whose loss was not finite at some step on any process (one host sync for all):
+    it keeps its last good state, the others go on."""
+    going = [m for m in active if m.stopped is None]
+    if not going:
+        return
+    flagged = torch.stack([first_bad[m.name] for m in going])
+    flagged = torch.where(flagged < 0, torch.full_like(flagged, 2**62), flagged)
     if loop.world.distributed:
         import torch.distributed as dist
 
         dist.all_reduce(flagged, op=dist.ReduceOp.MIN)
-    step = int(flagged)
-    if step != 2**62:
-        kept = f"; the last good state (after epoch {epoch}) is kept in {loop.state_path}" if loop.state_path else ""
-        raise NonFiniteLoss(f"non-finite loss in epoch {epoch + 1} at step {step}{kept}")
+    for member, step in zip(going, flagged.tolist()):
+        if step == 2**62:
+            continue
+        member.stopped = f"non-finite loss in epoch {epoch + 1} at step {step}"
+        member.kept = kept_entry(loop.state_path, member.name) if loop.world.is_main else None
+        kept = (f"; its last good state (after epoch {member.kept['epoch']}) is kept in {loop.state_path}"
+                if member.kept is not None else "")
+        log.error("%s: stopped: %s%s", member.name, member.stopped, kept)
 
 
-def _takes_index(task) -> bool:
-    return getattr(task, "teacher_cache", None) is not None
+def raise_if_stopped(members: list[Member]) -> None:
+    """NonFiniteLoss naming every member that stopped early."""
+    stopped = [m for m in members if m.stopped is not None]
+    if stopped:
+        raise NonFiniteLoss("; ".join(f"{m.name}: {m.stopped}" for m in stopped))

@@ -1,9 +1,11 @@
 """Resumable training state: everything needed to continue after a finished epoch, saved atomically.
 
-The state holds the trainable module (student and projector), the optimiser, the scheduler, the
-EMA copy, the epoch, every RNG state, and the history so far (log rows, snapshots). It lives
-outside the run's declared outputs, because Snakemake deletes those before it reruns a job. A
-fingerprint of the run's configuration guards against resuming another configuration's state.
+One file per job holds an entry per member (each student of a cohort, or the one model trained):
+the trainable module (student and projector), the optimiser, the scheduler, the EMA copy, the
+finished epochs, the member's random stream, and its history so far (log rows, snapshots). The
+data pipeline's randomness is a function of (seed, epoch) and needs no saving. The file lives
+outside the runs' declared outputs, because Snakemake deletes those before it reruns a job. A
+fingerprint of each member's configuration guards against resuming another configuration's state.
 """
 from __future__ import annotations
 
@@ -11,17 +13,16 @@ import hashlib
 import json
 import logging
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..files import first_line
 from ..workflow.atomic import atomic_path
 
 log = logging.getLogger("dyn")
+STATE_FORMAT = 2  # one entry per member of a cohort (1: one run, before cohorts)
 
 
 @dataclass
@@ -35,67 +36,49 @@ def fingerprint_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _unwrapped(module):
     from timm.utils import unwrap_model
 
     return unwrap_model(module)
 
 
-def save_state(path: Path, task, optimizer, scheduler, epoch: int, history: History, fingerprint: str = "",
-               scaler=None) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "epoch": epoch,
+def _entry(member) -> dict:
+    """One member's resumable state: weights, optimiser, scheduler, EMA, loss scale, random stream, history."""
+    task = member.task
+    entry = {
+        "fingerprint": member.fingerprint,
+        "epoch": member.done,
         "trainable": _unwrapped(task.get_trainable_module()).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "rng": _rng_state(),
-        "rows": history.rows,
-        "snapshots": [(e, {k: torch.from_numpy(v) for k, v in p.items()}) for e, p in history.snapshots],
+        "optimizer": member.optimizer.state_dict(),
+        "scheduler": member.scheduler.state_dict() if member.scheduler is not None else {},
+        "rng": member.rng.state(),
+        "rows": member.history.rows,
+        "snapshots": [(e, {k: torch.from_numpy(v) for k, v in p.items()}) for e, p in member.history.snapshots],
     }
     if task.has_ema():
-        state["ema"] = task.get_trainable_module(ema=True).state_dict()
-    if scaler is not None:  # float16 autocast: its loss scale and growth tracker
-        state["scaler"] = scaler.state_dict()
+        entry["ema"] = task.get_trainable_module(ema=True).state_dict()
+    if member.scaler is not None:  # float16 autocast: its loss scale and growth tracker
+        entry["scaler"] = member.scaler.state_dict()
+    return entry
+
+
+def save_state(path: Path, members) -> None:
+    """Every member's state in one file, written atomically after each epoch: a kill at any moment leaves
+    the state of one whole epoch. A stopped member keeps the entry of its last good epoch (`member.kept`)."""
+    entries = {}
+    for member in members:
+        entry = member.kept if member.stopped else _entry(member)
+        if entry is not None:
+            entries[member.name] = entry
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({"format": STATE_FORMAT, "members": entries}, tmp)
 
 
-def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "",
-               scaler=None) -> tuple[int, History] | None:
-    """Restore a state file; returns (finished epochs, history), or None if it is another run's state or
-    cannot be read: then the run starts over, an unreadable file moved aside to `<name>.corrupt`."""
+def _read(path: Path) -> dict | None:
+    """The members' entries of a state file; None (the file moved aside to `<name>.corrupt`) if unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "fingerprint" not in state:
+        if not isinstance(state, dict) or not ("members" in state or "fingerprint" in state):
             raise ValueError("not a dyn training state")
     except Exception as error:  # truncated by a full disk, damaged, another program's file
         aside = path.with_name(path.name + ".corrupt")
@@ -103,20 +86,39 @@ def load_state(path: Path, task, optimizer, scheduler, fingerprint: str = "",
         log.warning("cannot read the resume state %s (%s): moved it to %s and starting over", path,
                     first_line(error), aside)
         return None
-    if state.get("fingerprint", "") != fingerprint:
-        log.warning("ignoring %s: it was saved by a run with another configuration", path)
+    return state.get("members", {}) if state.get("format") == STATE_FORMAT else {}
+
+
+def load_state(path: Path, members) -> None:
+    """Give each member whose configuration (fingerprint) has an entry in the file that entry's state:
+    weights, optimiser, scheduler, EMA, loss scale, random stream, finished epochs and history."""
+    entries = _read(path)
+    for member in members if entries is not None else []:
+        entry = entries.get(member.name)
+        if entry is None or entry.get("fingerprint", "") != member.fingerprint:
+            log.warning("%s: no state of this configuration in %s; it starts from the beginning", member.name, path)
+            continue
+        task = member.task
+        _unwrapped(task.get_trainable_module()).load_state_dict(entry["trainable"])
+        member.optimizer.load_state_dict(entry["optimizer"])
+        if member.scheduler is not None and entry["scheduler"]:
+            member.scheduler.load_state_dict(entry["scheduler"])
+        if "ema" in entry and task.has_ema():
+            task.get_trainable_module(ema=True).load_state_dict(entry["ema"])
+        if "scaler" in entry and member.scaler is not None:
+            member.scaler.load_state_dict(entry["scaler"])
+        member.rng.load(entry["rng"])
+        member.done = int(entry["epoch"])
+        member.history = History(list(entry["rows"]),
+                                 [(e, {k: v.numpy() for k, v in p.items()}) for e, p in entry["snapshots"]])
+
+
+def kept_entry(path: Path | None, name: str) -> dict | None:
+    """`name`'s entry in the state file as it is on disk (its last good epoch), or None."""
+    if path is None or not path.is_file():
         return None
-    _unwrapped(task.get_trainable_module()).load_state_dict(state["trainable"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"]:
-        scheduler.load_state_dict(state["scheduler"])
-    if "ema" in state and task.has_ema():
-        task.get_trainable_module(ema=True).load_state_dict(state["ema"])
-    if "scaler" in state and scaler is not None:
-        scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"])
-    history = History(list(state["rows"]), [(e, {k: v.numpy() for k, v in p.items()}) for e, p in state["snapshots"]])
-    return int(state["epoch"]), history
+    entries = _read(path)
+    return (entries or {}).get(name)
 
 
 def clear_state(state_path: Path | None) -> None:

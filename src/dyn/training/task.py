@@ -2,16 +2,17 @@
 
 timm's task brings the teacher wrapper (eval mode, input re-normalisation), the complementary
 (1 - alpha) CE + alpha KD weighting, DDP and compile hooks. This adds what the paper needs:
-losses on the (B, C, H, W) maps of aligned blocks (SpectralKD, ProjectorKD) and a cache of the
-teacher's outputs for deterministic inputs.
+losses on the (B, C, H, W) maps of aligned blocks (SpectralKD, ProjectorKD), and one teacher
+forward shared by a cohort of students (SharedTeacher), with a cache of its outputs for
+deterministic inputs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
-from timm.task import LogitDistillationTask
+from timm.task import DistillationTeacher, LogitDistillationTask
 
 from . import losses
 from ..models import features
@@ -58,7 +59,10 @@ class LayerDistillationTask(LogitDistillationTask):
             pairs = []
         elif not pairs:
             raise ValueError(f"method '{method}' needs at least one aligned layer pair")
-        super().__init__(student, teacher.eval(), criterion_kwargs=dict(smoothing=label_smoothing),
+        # A cohort's tasks share one DistillationTeacher (SharedTeacher runs it); a bare model is wrapped.
+        if not isinstance(teacher, DistillationTeacher):
+            teacher = DistillationTeacher(teacher, device=device)
+        super().__init__(student, teacher, criterion_kwargs=dict(smoothing=label_smoothing),
                          task_loss_weight=1.0 - alpha, temperature=temperature, device=device, verbose=False)
         self.method = method
         self.beta = beta
@@ -69,40 +73,14 @@ class LayerDistillationTask(LogitDistillationTask):
         projector = None
         if method == "projector":
             projector = losses.ChannelProjector(_channels(student, student_layers),
-                                                _channels(teacher, self.teacher_layers)).to(self.device)
+                                                _channels(teacher.model, self.teacher_layers)).to(self.device)
         self.trainable_module = AlignedStudent(student, student_layers, projector)
-        self.teacher_cache: TeacherCache | None = None
-
-    # -- the teacher -----------------------------------------------------------------------------
-    def teacher_outputs(self, input: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher logits and aligned maps, computed under inference mode, returned as ordinary tensors."""
-        with torch.inference_mode():
-            x = self.teacher.normalize_input(input, self.student_mean, self.student_std)
-            if self.teacher_layers:
-                logits, maps = features(self.teacher.model, x, self.teacher_layers, with_logits=True)
-            else:
-                logits, maps = self.teacher.model(x), []
-        # Inference tensors cannot be saved for backward; a clone outside the mode can.
-        return logits.clone(), [m.clone() for m in maps]
-
-    def build_teacher_cache(self, images: torch.Tensor, batch_size: int) -> "TeacherCache":
-        """Run the teacher once over all (deterministic) training images; batches then look it up."""
-        logits, maps = [], []
-        for start in range(0, images.shape[0], batch_size):
-            batch_logits, batch_maps = self.teacher_outputs(images[start:start + batch_size].to(self.device))
-            logits.append(batch_logits)
-            maps.append(batch_maps)
-        self.teacher_cache = TeacherCache(torch.cat(logits), [torch.cat(layer) for layer in zip(*maps)])
-        return self.teacher_cache
 
     # -- the loss --------------------------------------------------------------------------------
-    def forward(self, input: torch.Tensor, target: torch.Tensor,
-                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, teacher: "TeacherOutputs") -> dict[str, torch.Tensor]:
+        """The loss parts on one batch, given the teacher's outputs for it (from the cohort's SharedTeacher)."""
         logits, maps = self.trainable_module(input)
-        if self.teacher_cache is not None and index is not None:
-            teacher_logits, teacher_maps = self.teacher_cache.lookup(index)
-        else:
-            teacher_logits, teacher_maps = self.teacher_outputs(input)
+        teacher_logits, teacher_maps = teacher.logits, [teacher.maps[t] for t in self.teacher_layers]
         task_loss = self.criterion(logits, target)
         kd_loss = losses.soft_kd_loss(logits, teacher_logits, self.temperature)
         total = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
@@ -118,11 +96,10 @@ class LayerDistillationTask(LogitDistillationTask):
         return result
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> nn.Module:
-        """torch.compile the student's training forward, its eval forward and the teacher."""
+        """torch.compile the student's training forward and its eval forward (the SharedTeacher compiles the teacher)."""
         student = self.trainable_module.student
         self.eval_model = torch.compile(student, backend=backend, mode=mode, **kwargs)
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **kwargs)
-        self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **kwargs)
         return self.eval_model
 
     # -- what evaluation and checkpoints see -----------------------------------------------------
@@ -144,13 +121,47 @@ def _aligned(module: nn.Module | None) -> AlignedStudent | None:
     return module
 
 
-class TeacherCache:
-    """Teacher logits and aligned maps for every training sample, looked up by sample index."""
+class TeacherOutputs(NamedTuple):
+    """The teacher's logits for a batch, and its maps of the aligned layers by block index."""
 
-    def __init__(self, logits: torch.Tensor, maps: list[torch.Tensor]):
-        self.logits = logits
-        self.maps = maps
+    logits: torch.Tensor
+    maps: dict[int, torch.Tensor]
 
-    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        index = index.to(self.logits.device)
-        return self.logits[index], [m[index] for m in self.maps]
+
+class SharedTeacher:
+    """The teacher's forward for a cohort: logits and the maps of the union of its students' aligned
+    teacher layers, computed once per batch for all of them, or looked up in a cache built once."""
+
+    def __init__(self, tasks: Sequence[LayerDistillationTask]):
+        first = tasks[0]
+        if any(task.teacher is not first.teacher for task in tasks):
+            raise ValueError("the tasks of a cohort must share one teacher")
+        self.teacher = first.teacher  # timm's DistillationTeacher: eval mode, input re-normalisation
+        self.student_mean, self.student_std = first.student_mean, first.student_std
+        self.layers = sorted({layer for task in tasks for layer in task.teacher_layers})
+        self.cache: TeacherOutputs | None = None
+
+    def forward(self, images: torch.Tensor) -> TeacherOutputs:
+        """Logits and maps under inference mode, returned as ordinary tensors."""
+        with torch.inference_mode():
+            x = self.teacher.normalize_input(images, self.student_mean, self.student_std)
+            logits, maps = features(self.teacher.model, x, self.layers or [0], with_logits=True)
+        # Inference tensors cannot be saved for backward; a clone outside the mode can.
+        return TeacherOutputs(logits.clone(), {layer: m.clone() for layer, m in zip(self.layers, maps)})
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor | None = None) -> TeacherOutputs:
+        if self.cache is None or index is None:
+            return self.forward(images)
+        index = index.to(self.cache.logits.device)
+        return TeacherOutputs(self.cache.logits[index], {layer: m[index] for layer, m in self.cache.maps.items()})
+
+    def build_cache(self, images: torch.Tensor, batch_size: int, device: torch.device) -> TeacherOutputs:
+        """Run the teacher once over all (deterministic) training images; batches then look them up."""
+        parts = [self.forward(images[start:start + batch_size].to(device))
+                 for start in range(0, images.shape[0], batch_size)]
+        self.cache = TeacherOutputs(torch.cat([p.logits for p in parts]),
+                                    {layer: torch.cat([p.maps[layer] for p in parts]) for layer in self.layers})
+        return self.cache
+
+    def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> None:
+        self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **kwargs)

@@ -1,6 +1,8 @@
 """The distillation grid's points and their run ids (pure Python: the Snakefile imports this)."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from . import layers
@@ -34,3 +36,35 @@ class RunSpec:
         if self.method == "softkd":
             return f"softkd_none_b0_e{self.epochs}_s{self.seed}"
         return f"{self.method}_{layers.slug(self.layers)}_b{self.beta:g}_e{self.epochs}_s{self.seed}"
+
+
+def cohorts(specs: list[RunSpec], together: bool = True, size: int = 16) -> dict[str, list[RunSpec]]:
+    """The distillation jobs of a grid: {cohort id: its runs}, in config order.
+
+    With `together`, the runs that see the same batches are trained in one job: those of one epoch
+    count and one seed (a config has one teacher, one student architecture, one dataset and one
+    recipe). A group larger than `size` is split into the fewest near-equal parts that fit, ids
+    `cohort_e{epochs}_s{seed}` then `..._1of2`, `..._2of2`. Without, every run is a job of its own,
+    its run id its cohort id.
+    """
+    if size < 1:
+        raise UserError(f"distill.cohort_size must be at least 1, got {size}")
+    if not together:
+        return {spec.run_id: [spec] for spec in specs}
+    groups: dict[tuple[int, int], list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.epochs, spec.seed), []).append(spec)
+    jobs: dict[str, list[RunSpec]] = {}
+    for (epochs, seed), runs in groups.items():
+        parts = math.ceil(len(runs) / size)
+        bounds = [round(k * len(runs) / parts) for k in range(parts + 1)]
+        for k in range(parts):
+            suffix = f"_{k + 1}of{parts}" if parts > 1 else ""
+            jobs[f"cohort_e{epochs}_s{seed}{suffix}"] = runs[bounds[k]:bounds[k + 1]]
+    return jobs
+
+
+def rule_name(cohort_id: str) -> str:
+    """The Snakemake rule of a cohort's job: `distill_` and the id with anything but letters, digits
+    and '_' replaced by '_' (run ids hold '+' and '.')."""
+    return "distill_" + re.sub(r"\W", "_", cohort_id)
