@@ -3,7 +3,9 @@
 #   1. the GPU training-step benchmark (benchmarks/bench_gpu.py --compile);
 #   2. the CUDA paths of the real CLI on the embedded digits: teacher training, SpectralKD with bf16
 #      and EMA, with float16 and its gradient scaler, with repeated augmentation, ProjectorKD with
-#      torch.compile, torchrun + NCCL with repeated augmentation and float16, a GPU slot, capture + metrics;
+#      torch.compile, a cohort of three students with augmentation and drop path (each student
+#      compared with the same run alone), torchrun + NCCL with repeated augmentation and float16,
+#      a GPU slot, capture + metrics;
 #   3. the same SpectralKD run in float32 on the CPU, to compare accuracy with the bf16 GPU run.
 # Usage: benchmarks/gpu_check.sh OUT_DIR [DEVICE]   (DEVICE=cpu makes it a quick smoke test of this script)
 set -uo pipefail
@@ -36,21 +38,27 @@ digits='{"name": "digits"}'
 train='{"global_batch": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": false, "num_workers": 0, "eval_batch_size": 512, "crop_pct": null'
 distill() {  # distill OUT_DIR DEVICE EXTRA_TRAIN_JSON ARGS...
     local dir=$1 device=$2 extra=$3; shift 3
-    $py -m dyn.cli distill --layers First1+Last1 --beta 0.2 --epochs "$epochs" --teacher-arch cait_digits \
-        --teacher-checkpoint "$work/cait.safetensors" --student-arch deit_digits --out-dir "$dir" \
+    $py -m dyn.cli distill --epochs "$epochs" --teacher-arch cait_digits \
+        --teacher-checkpoint "$work/cait.safetensors" --student-arch deit_digits --runs-dir "$dir" \
         --num-images 16 --evolution-every 5 --dataset "$digits" --train "$train$extra}" --device "$device" "$@"
 }
 step fetch_teacher $py -m dyn.cli fetch --name cait --arch cait_digits --weights train --epochs "$epochs" \
     --out "$work/cait.safetensors" --dataset "$digits" --train "$train}" --device "$dev"
-step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --method spectral
-step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --method spectral
-step spectral_fp16 distill "$out/spectral_fp16" "$dev" ', "amp_dtype": "float16"' --method spectral
-step spectral_repeated_aug distill "$out/spectral_ra" "$dev" ', "repeated_aug": 3' --method spectral
-step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --method projector
+step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --method spectral --layers First1+Last1 --beta 0.2
+step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --method spectral --layers First1+Last1 --beta 0.2
+step spectral_fp16 distill "$out/spectral_fp16" "$dev" ', "amp_dtype": "float16"' --method spectral --layers First1+Last1 --beta 0.2
+step spectral_repeated_aug distill "$out/spectral_ra" "$dev" ', "repeated_aug": 3' --method spectral --layers First1+Last1 --beta 0.2
+step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --method projector --layers First1+Last1 --beta 0.2
+cohort='[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}, {"method": "projector", "layers": "Last1", "beta": 0.2}]'
+aug=', "augment": true, "drop_path": 0.1, "teacher_cache": false'
+step cohort_of_3 distill "$out/cohort" "$dev" "$aug" --runs "$cohort"
+step cohort_alone_1 distill "$out/alone" "$dev" "$aug" --method softkd
+step cohort_alone_2 distill "$out/alone" "$dev" "$aug" --method spectral --layers First1 --beta 0.2
+step cohort_alone_3 distill "$out/alone" "$dev" "$aug" --method projector --layers Last1 --beta 0.2
 if [ "$dev" = cuda ]; then
     step torchrun_nccl $py -m torch.distributed.run --standalone --nproc_per_node=1 -m dyn.cli distill \
         --method softkd --epochs 2 --teacher-arch cait_digits --teacher-checkpoint "$work/cait.safetensors" \
-        --student-arch deit_digits --out-dir "$out/ddp" --num-images 16 --dataset "$digits" \
+        --student-arch deit_digits --runs-dir "$out/ddp" --num-images 16 --dataset "$digits" \
         --train "$train, \"repeated_aug\": 3, \"amp_dtype\": \"float16\"}" --device cuda
     step gpu_slot $py -m dyn.cli gpu-run --gpus 1 --pool "$work/pool" -- \
         $py -c 'import os, torch; print("slot", os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())'
@@ -64,16 +72,24 @@ $py - "$out" "$dev" <<'PY' | tee -a "$out/summary.txt"
 import json, sys
 from pathlib import Path
 out, dev = Path(sys.argv[1]), sys.argv[2]
-for name in (f"spectral_{dev}", "spectral_cpu", "spectral_fp16", "spectral_ra", "ddp"):
-    path = out / name / "summary.json"
-    if path.exists():
+for name in (f"spectral_{dev}", "spectral_cpu", "spectral_fp16", "spectral_ra", "ddp", "cohort", "alone"):
+    for path in sorted((out / name).glob("*/summary.json")):
         s = json.loads(path.read_text())
-        print(f"{name:>14}: top1 {s['top1']:.2f}  devices {s.get('devices')}")
+        print(f"{name:>14}: {s['run']}: top1 {s['top1']:.2f}  devices {s.get('devices')}")
+try:  # a cohort's students against the same runs alone (bit-identical on the CPU; on CUDA, kernels may differ)
+    from safetensors.torch import load_file
+    for run in sorted(p.name for p in (out / "cohort").iterdir()):
+        a, b = (load_file(out / d / run / "student.safetensors") for d in ("cohort", "alone"))
+        diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+        print(f"cohort vs alone {run}: max |weight difference| {diff:.3g}")
+except Exception as error:
+    print(f"cohort vs alone: not compared ({error})")
 bench = out / "bench_gpu.json"
 if bench.exists():
     b = json.loads(bench.read_text())
     for k, v in b["results"].items():
-        print(f"{k:>14}: {v['seconds_per_step'] * 1000:.1f} ms/step  x{v.get('speedup_vs_reference', 1):.2f}  "
+        speedup = v.get("speedup_vs_reference", v.get("speedup_vs_singles", 1))
+        print(f"{k:>14}: {v['seconds_per_step'] * 1000:.1f} ms/step  x{speedup:.2f}  "
               f"peak {v['peak_memory_gib']:.1f} GiB  ({b['device']})")
 PY
 rm -rf "$work"

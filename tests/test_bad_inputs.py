@@ -86,6 +86,12 @@ def _distill(teacher, tmp, extra=()):
             "--device", "cpu", *extra]
 
 
+def _cohort(teacher, tmp, runs, extra=()):
+    return ["distill", "--runs", runs, "--epochs", "1", "--teacher-arch", "cait_digits", "--teacher-checkpoint",
+            teacher, "--student-arch", "deit_digits", "--runs-dir", tmp / "out", "--num-images", "4", "--dataset",
+            DIGITS, "--train", TRAIN, "--device", "cpu", *extra]
+
+
 def _imagefolder(tmp: Path, layout: dict[str, dict[str, list[str]]]) -> str:
     """A dataset root: {split: {class: [file names]}}; .png files are real images, others text."""
     from PIL import Image
@@ -191,6 +197,16 @@ CASES = [
     # values out of range
     ("distill: negative beta", "--beta",
      lambda f, t: _distill(f / "resnet.safetensors", t, extra=["--beta", "-0.5"])),
+    ("distill: a cohort whose --runs is not JSON", "--runs is not valid JSON",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, "[{method: softkd}]")),
+    ("distill: a cohort entry without a method", "needs 'method'",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"layers": "First1", "beta": 0.2}]')),
+    ("distill: a cohort entry with a negative beta", "beta must be a number >= 0",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "spectral", "layers": "Last1", "beta": -1}]')),
+    ("distill: a cohort twice the same run", "must be distinct",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "softkd"}, {"method": "softkd"}]')),
+    ("distill: both --runs and --method", "either as --runs",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "softkd"}]', ["--method", "softkd"])),
     ("capture: more analysis images than the split has", "the validation split has 359",
      lambda f, t: _capture(f / "resnet.safetensors", t, extra=["--num-images", "1000"])),
     ("capture: a device that is not a device", "not a device",

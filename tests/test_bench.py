@@ -6,7 +6,7 @@ import torch
 
 import bench
 from dyn.analysis import metrics
-from dyn.training.task import LayerDistillationTask
+from dyn.training.task import LayerDistillationTask, SharedTeacher
 
 
 def test_reference_step_computes_the_same_loss_as_ours():
@@ -20,7 +20,7 @@ def test_reference_step_computes_the_same_loss_as_ours():
     pairs = [(0, 0), (7, 11)]
     task = LayerDistillationTask(student_a, teacher, pairs, "spectral", alpha=0.9, temperature=2.0, beta=0.2,
                                  label_smoothing=0.1).train()
-    ours = task(x, y)
+    ours = task(x, y, SharedTeacher([task])(x))
     reference = bench.reference_step_fn(student_b.train(), teacher, pairs, 0.9, 2.0, 0.2, 0.1)(x, y)
     got = [ours["task_loss"].item(), ours["kd_loss"].item(), ours["feat_loss"].item(), ours["loss"].item()]
     assert got == pytest.approx(reference, rel=1e-4, abs=1e-6)  # float32: two ways to write the same KL

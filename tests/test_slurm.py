@@ -9,8 +9,9 @@ and the command that installs it, except under CI=true, where they fail: CI neve
 If Slurm is there but cannot be brought up, they fail.
 
 One workflow run serves both tests, because on two cores it costs a minute or two (each Slurm job
-starts Snakemake twice): the whole DAG of a tiny config through the profile, with one distillation run
-cancelled by `scancel` after its first finished epoch, which the profile's retries submit again.
+starts Snakemake twice): the whole DAG of a tiny config through the profile, its two distillation runs
+one cohort job, cancelled by `scancel` after its first finished epoch, which the profile's retries
+submit again.
 """
 import csv
 import json
@@ -35,7 +36,9 @@ NODE = "dyn-node"
 GPUS = 8                 # stand-in GPUs of the node
 
 CONFIG = REPO / ".test" / "config" / "slurm.yaml"
-LONG_RUN, LONG_EPOCHS = "softkd_none_b0_e6_s0", 6   # the run of CONFIG that is cancelled part-way
+# The one cohort of CONFIG (its two runs), cancelled part-way.
+COHORT, LONG_EPOCHS = "cohort_e6_s0", 6
+COHORT_RUNS = ["spectral_First1+Last1_b0.2_e6_s0", "softkd_none_b0_e6_s0"]
 # Submitted with sbatch: the capture and the three metric jobs of a model as one group job
 # (group "analysis"); Table 1 and the figures are localrules, run beside Snakemake.
 SUBMITTED = ["fetch", "group_analysis", "distill"]
@@ -211,14 +214,14 @@ class WorkflowRun:
 
 @pytest.fixture(scope="module")
 def slurm_run(slurm_cluster, tmp_path_factory) -> WorkflowRun:
-    """The tiny config through `snakemake --profile profiles/slurm`, with LONG_RUN cancelled once."""
+    """The tiny config through `snakemake --profile profiles/slurm`, with its cohort's job cancelled once."""
     workdir = tmp_path_factory.mktemp("slurm-workflow")
     args = [tool("snakemake"), "-s", str(REPO / "workflow" / "Snakefile"), "--configfile", str(CONFIG),
             "--profile", str(REPO / "profiles" / "slurm"),
             # The test cluster has no accounting database (no sacct): squeue reports the states.
             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
             "--slurm-keep-successful-logs"]
-    state = workdir / "results" / "state" / LONG_RUN / "last.pt"
+    state = workdir / "results" / "state" / COHORT / "last.pt"
     cancelled = None
     with (workdir / "snakemake.out").open("w+") as out:
         proc = subprocess.Popen(args, cwd=workdir, env=slurm_cluster.env, stdout=out, stderr=subprocess.STDOUT,
@@ -230,7 +233,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> WorkflowRun:
                 if cancelled is None and state.exists():
                     # Its first epoch is saved: cancel the job, as a preemption would.
                     running = [j for j in slurm_cluster.jobs() if j["state"] == "RUNNING"
-                               and j["comment"] == f"rule_distill_wildcards_{LONG_RUN}"]
+                               and j["comment"] == f"rule_distill_{COHORT}"]
                     if running:
                         cancelled = running[0]["id"]
                         slurm_cluster.run("scancel", cancelled)
@@ -249,8 +252,9 @@ def submitted(output: str) -> dict[str, list[str]]:
     jobid' lines and the log folder each names."""
     jobs: dict[str, list[str]] = {}
     for job_id, folder in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/(\w+?)/", output):
-        # rule_<rule>, or group_<group>_<its rules>
+        # rule_<rule> (a cohort's rule: distill_<cohort>), or group_<group>_<its rules>
         key = folder.removeprefix("rule_") if folder.startswith("rule_") else "_".join(folder.split("_")[:2])
+        key = "distill" if key.startswith("distill_") else key
         jobs.setdefault(key, []).append(job_id)
     return jobs
 
@@ -259,7 +263,7 @@ def test_whole_dag_runs_as_slurm_jobs(slurm_cluster, slurm_run):
     assert slurm_run.returncode == 0, slurm_run.output[-4000:]
     results = slurm_run.workdir / "results"
     rows = list(csv.DictReader((results / "table1.csv").open()))
-    assert [r["run"] for r in rows] == ["spectral_First1+Last1_b0.2_e2_s0", LONG_RUN]
+    assert [r["run"] for r in rows] == COHORT_RUNS
     for name in ["profiles", "evolution", "spectrum_cait"]:
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000
     for metric in ["spectrum", "entropy", "magnitude"]:
@@ -277,43 +281,47 @@ def test_whole_dag_runs_as_slurm_jobs(slurm_cluster, slurm_run):
         for job_id in ids:
             job = slurm_jobs[job_id]
             assert job["name"] == run_uuid and job["comment"].startswith(f"rule_{rule.removeprefix('group_')}"), job
+            assert rule != "distill" or job["comment"] == f"rule_distill_{COHORT}", job
             assert job["state"] == ("CANCELLED" if job_id == slurm_run.cancelled else "COMPLETED"), job
     # Each job asked for its GPUs in one Slurm task (tasks_per_gpu: 0), not one task per GPU, and a
-    # distillation run started its two processes itself; the group job has the capture's one GPU.
+    # cohort started its two processes itself; the group job has the capture's one GPU.
     for rule, gpus in {"distill": 2, "fetch": 1, "group_analysis": 1}.items():
         for job_id in by_rule[rule]:
             record = slurm_cluster.run("scontrol", "show", "job", "--oneliner", job_id)
             assert re.search(rf"TresPerJob=\S*gpu:{gpus}\b", record) and " NumTasks=1 " in record, record
-    for run in ("spectral_First1+Last1_b0.2_e2_s0", LONG_RUN):
-        assert json.loads((results / "runs" / run / "summary.json").read_text())["world_size"] == 2
+    for run in COHORT_RUNS:
+        summary = json.loads((results / "runs" / run / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["cohort"] == COHORT_RUNS
     # Each job's Slurm log (kept by --slurm-keep-successful-logs) shows its rules running inside Slurm.
     logs = slurm_run.workdir / ".snakemake" / "slurm_logs"
-    for folder, rules in [("rule_distill", ["distill"]),
+    for folder, rules in [(f"rule_distill_{COHORT}", [f"distill_{COHORT}"]),
                           ("group_analysis", ["capture", "spectrum", "entropy", "magnitude"])]:
-        key = folder.removeprefix("rule_")
+        key = "distill" if folder.startswith("rule_distill") else folder
         for job_id in by_rule[key]:
             log = next(logs.glob(f"{folder}*/**/{job_id}.log")).read_text()
             assert all(f"rule {rule}:" in log for rule in rules), log[-2000:]
     assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
 
 
-def test_cancelled_distillation_resumes_after_its_last_epoch(slurm_run):
-    assert slurm_run.cancelled, f"{LONG_RUN} was never seen running with a saved epoch:\n{slurm_run.output[-3000:]}"
+def test_cancelled_cohort_resumes_every_student_after_its_last_epoch(slurm_run):
+    assert slurm_run.cancelled, f"{COHORT} was never seen running with a saved epoch:\n{slurm_run.output[-3000:]}"
     assert slurm_run.returncode == 0, slurm_run.output[-4000:]
-    # Slurm reported the cancellation, and the profile's retries submitted the run again.
+    # Slurm reported the cancellation, and the profile's retries submitted the cohort again.
     assert f"SLURM-job '{slurm_run.cancelled}' failed, SLURM status is: 'CANCELLED'" in slurm_run.output
-    attempts = [job_id for job_id, wc in re.findall(
-        r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_distill/([^/]+)/", slurm_run.output)
-        if wc == LONG_RUN]
+    attempts = re.findall(rf"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_distill_{COHORT}/",
+                          slurm_run.output)
     assert len(attempts) == 2 and attempts[0] == slurm_run.cancelled
 
-    # The second attempt resumed after the last epoch the first one finished, and trained only the rest.
-    log = (slurm_run.workdir / "results" / "logs" / "distill" / f"{LONG_RUN}.log").read_text()
-    resumed = re.search(rf"resumed from \S+/{LONG_RUN}/last\.pt after epoch (\d+) of {LONG_EPOCHS}", log)
-    assert resumed, log[-3000:]
-    done = int(resumed.group(1))
-    assert 1 <= done < LONG_EPOCHS
-    trained = [int(e) for e in re.findall(rf"epoch (\d+)/{LONG_EPOCHS} ", log)]
-    assert trained == list(range(done + 1, LONG_EPOCHS + 1))
-    rows = list(csv.DictReader((slurm_run.workdir / "results" / "runs" / LONG_RUN / "log.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, LONG_EPOCHS + 1))
+    # The second attempt resumed each student after the last epoch the first one finished, and trained
+    # only the rest.
+    log = (slurm_run.workdir / "results" / "logs" / "distill" / f"{COHORT}.log").read_text()
+    for run in COHORT_RUNS:
+        resumed = re.search(rf"{re.escape(run)}: resumed from \S+/{COHORT}/last\.pt after epoch (\d+) of "
+                            rf"{LONG_EPOCHS}", log)
+        assert resumed, log[-3000:]
+        done = int(resumed.group(1))
+        assert 1 <= done < LONG_EPOCHS
+        trained = [int(e) for e in re.findall(rf"{re.escape(run)}: epoch (\d+)/{LONG_EPOCHS} ", log)]
+        assert trained == list(range(done + 1, LONG_EPOCHS + 1))
+        rows = list(csv.DictReader((slurm_run.workdir / "results" / "runs" / run / "log.csv").open()))
+        assert [int(r["epoch"]) for r in rows] == list(range(1, LONG_EPOCHS + 1))

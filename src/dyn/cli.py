@@ -156,25 +156,6 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
     log.info("wrote %s", out)
 
 
-def _cohort_runs(value: str | None) -> list[dict]:
-    """--runs: a JSON list of {"method", "layers", "beta"} objects, one per student of the cohort."""
-    try:
-        runs = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise UserError(f"--runs is not valid JSON ({error.msg}): give a list like "
-                        '[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}]') from None
-    if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
-        raise UserError("--runs must be a non-empty JSON list of objects with keys method, layers, beta")
-    for run in runs:
-        unknown = sorted(set(run) - {"method", "layers", "beta"})
-        if unknown or "method" not in run:
-            raise UserError(f"--runs entry {run}: needs 'method', may have 'layers' and 'beta' (not {unknown})")
-        beta = run.get("beta", 0.0)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-            raise UserError(f"--runs entry {run}: beta must be a number >= 0")
-    return runs
-
-
 @cli.command()
 @click.option("--runs", "runs_json", default=None,
               help='The students of a cohort as a JSON list, e.g. \'[{"method": "softkd"}, {"method": "spectral", '
@@ -212,13 +193,14 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, e
     _setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
-    from .workflow.runs import RunSpec
+    from .workflow.runs import RunSpec, cohort_from_json
 
     if (runs_json is None) == (method is None):
         raise UserError("give the students either as --runs (a JSON list) or one by --method, not both or neither")
-    runs = _cohort_runs(runs_json) if runs_json is not None else [{"method": method, "layers": layer_spec, "beta": beta}]
-    specs = [RunSpec(run["method"], run.get("layers", "none"), float(run.get("beta", 0.0)), epochs, seed)
-             for run in runs]
+    if runs_json is not None and (layer_spec != "none" or beta != 0.0):
+        raise UserError("--layers and --beta go with --method; with --runs each entry has its own")
+    specs = (cohort_from_json(runs_json, epochs, seed) if runs_json is not None
+             else [RunSpec(method, layer_spec, beta, epochs, seed)])
     snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)
     summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],

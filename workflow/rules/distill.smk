@@ -46,8 +46,11 @@ for cohort_id, specs in COHORTS.items():
             gpu=RUN_GPUS,
             cpus_per_gpu=RESOURCES["distill"]["cpus_per_gpu"],
             mem_mb=RESOURCES["distill"]["mem_mb"],
-            # runtime is per student: a cohort asks for it times its students
-            runtime=RESOURCES["distill"]["runtime"] * len(specs),
+            # per job: a cohort cut off by it continues after its last epoch when retried
+            runtime=RESOURCES["distill"]["runtime"],
+            # the site's partition, GPU model, QOS... (resources.distill.slurm): set-resources cannot
+            # name rules made in a loop
+            **RESOURCES["distill"]["slurm"],
         shell:
             "{params.launch} distill --runs {params.runs:q} --epochs {params.epochs} --seed {params.seed}"
             " {params.phases} --lowpass-keep {params.keep}"

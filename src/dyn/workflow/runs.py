@@ -1,6 +1,7 @@
 """The distillation grid's points and their run ids (pure Python: the Snakefile imports this)."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -36,6 +37,28 @@ class RunSpec:
         if self.method == "softkd":
             return f"softkd_none_b0_e{self.epochs}_s{self.seed}"
         return f"{self.method}_{layers.slug(self.layers)}_b{self.beta:g}_e{self.epochs}_s{self.seed}"
+
+
+def cohort_from_json(text: str, epochs: int, seed: int) -> list[RunSpec]:
+    """The students of a cohort from `dyn distill --runs`: a JSON list of {"method", "layers", "beta"}."""
+    example = '[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}]'
+    try:
+        runs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--runs is not valid JSON ({error.msg}): give a list like {example}") from None
+    if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
+        raise UserError(f"--runs must be a non-empty JSON list of objects, like {example}")
+    specs = []
+    for run in runs:
+        unknown = sorted(set(run) - {"method", "layers", "beta"})
+        beta = run.get("beta", 0.0)
+        if unknown or "method" not in run:
+            raise UserError(f"--runs entry {json.dumps(run)}: needs 'method', may have 'layers' and 'beta' "
+                            f"(not {', '.join(unknown) or 'nothing else'})")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+            raise UserError(f"--runs entry {json.dumps(run)}: beta must be a number >= 0")
+        specs.append(RunSpec(run["method"], run.get("layers", "none"), float(beta), epochs, seed))
+    return specs
 
 
 def cohorts(specs: list[RunSpec], together: bool = True, size: int = 16) -> dict[str, list[RunSpec]]:
