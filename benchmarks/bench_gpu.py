@@ -38,6 +38,43 @@ def _timed(step, x, y, warmup: int, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
+def _measured(step, x, y, warmup: int, steps: int) -> dict:
+    """Seconds per step, images per second and peak GPU memory of `step` on one batch."""
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = _timed(step, x, y, warmup, steps)
+    return {"seconds_per_step": seconds, "images_per_s": x.shape[0] / seconds,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if x.device.type == "cuda" else 0.0}
+
+
+def ours_step(teacher, pairs, device, compiled: bool = False, amp: bool = True, dtype: str = "bfloat16"):
+    """Our training step of one SpectralKD student, as the loop takes it."""
+    import timm
+
+    from dyn.training.loop import Precision, backward_and_step
+    from dyn.training.recipe import Recipe, make_optimizer
+    from dyn.training.task import LayerDistillationTask, SharedTeacher
+
+    torch.manual_seed(0)
+    task = LayerDistillationTask(timm.create_model("deit_tiny_patch16_224"), teacher, pairs, "spectral",
+                                 alpha=0.9, temperature=1.0, beta=0.2, label_smoothing=0.1,
+                                 device=device).to(device).train()
+    teacher_forward = SharedTeacher([task])
+    if compiled:
+        task.compile()
+        teacher_forward.compile()
+    optimizer = make_optimizer(task.trainable_module, Recipe())
+    precision = Precision.of(device, amp, dtype)
+    scaler = precision.new_scaler()
+
+    def step(inputs, labels):
+        with precision.autocast():
+            out = task(inputs, labels, teacher_forward(inputs))
+        optimizer.zero_grad(set_to_none=True)
+        backward_and_step(out["loss"], optimizer, scaler)
+    return step
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/bench_gpu.py", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -55,9 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     from bench import reference_step_fn
-    from dyn.training.loop import Precision, backward_and_step
-    from dyn.training.recipe import Recipe, make_optimizer
-    from dyn.training.task import LayerDistillationTask, SharedTeacher
     from dyn.workflow.atomic import write_json
 
     device = torch.device(args.device)
@@ -67,41 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     teacher = timm.create_model("cait_s24_224").to(device).eval()
     results = {}
 
-    def ours_step(compiled: bool, amp: bool = True, dtype: str = "bfloat16"):
-        torch.manual_seed(0)
-        task = LayerDistillationTask(timm.create_model("deit_tiny_patch16_224"), teacher, pairs, "spectral",
-                                     alpha=0.9, temperature=1.0, beta=0.2, label_smoothing=0.1,
-                                     device=device).to(device).train()
-        if compiled:
-            task.compile()
-        optimizer = make_optimizer(task.trainable_module, Recipe())
-        precision = Precision.of(device, amp, dtype)
-        scaler, teacher_forward = precision.new_scaler(), SharedTeacher([task])
-
-        def step(inputs, labels):
-            with precision.autocast():
-                out = task(inputs, labels, teacher_forward(inputs))
-            optimizer.zero_grad(set_to_none=True)
-            backward_and_step(out["loss"], optimizer, scaler)
-        return step
-
     torch.manual_seed(0)
     reference = reference_step_fn(timm.create_model("deit_tiny_patch16_224").to(device).train(), teacher, pairs,
                                   0.9, 1.0, 0.2, 0.1)
     # ours_float32 separates what bf16 gives from what the rest of the step (no per-step host syncs,
     # inference_mode teacher computing only the aligned blocks, fused AdamW) gives.
-    variants = {"reference": reference, "ours": ours_step(False), "ours_float16": ours_step(False, dtype="float16"),
-                "ours_float32": ours_step(False, amp=False)}
+    variants = {"reference": reference, "ours": ours_step(teacher, pairs, device),
+                "ours_float16": ours_step(teacher, pairs, device, dtype="float16"),
+                "ours_float32": ours_step(teacher, pairs, device, amp=False)}
     if args.compile:
-        variants["ours_compiled"] = ours_step(True)
+        variants["ours_compiled"] = ours_step(teacher, pairs, device, compiled=True)
     for name, step in variants.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = _timed(step, x, y, args.warmup, args.steps)
-        results[name] = {"seconds_per_step": seconds, "images_per_s": args.batch / seconds,
-                         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
-        print(f"{name:>14}: {seconds * 1000:8.1f} ms/step  {args.batch / seconds:8.0f} img/s  "
-              f"peak {results[name]['peak_memory_gib']:.1f} GiB")
+        results[name] = _measured(step, x, y, args.warmup, args.steps)
+        print(f"{name:>14}: {results[name]['seconds_per_step'] * 1000:8.1f} ms/step  "
+              f"{results[name]['images_per_s']:8.0f} img/s  peak {results[name]['peak_memory_gib']:.1f} GiB")
     for name in variants:
         if name != "reference":
             ratio = results["reference"]["seconds_per_step"] / results[name]["seconds_per_step"]
@@ -167,14 +180,9 @@ def bench_cohort(teacher, x, y, n: int, warmup: int, steps: int) -> dict:
 
     results = {}
     for name, step in {"singles": singles, "cohort": cohort}.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = _timed(step, x, y, warmup, steps)
-        results[f"{name}_{n}"] = {"seconds_per_step": seconds, "images_per_s": x.shape[0] / seconds,
-                                  "images_per_s_per_student": x.shape[0] / seconds,
-                                  "student_images_per_s": n * x.shape[0] / seconds,
-                                  "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30
-                                  if device.type == "cuda" else 0.0}
+        r = _measured(step, x, y, warmup, steps)
+        results[f"{name}_{n}"] = {**r, "images_per_s_per_student": r["images_per_s"],
+                                  "student_images_per_s": n * r["images_per_s"]}
     speedup = results[f"singles_{n}"]["seconds_per_step"] / results[f"cohort_{n}"]["seconds_per_step"]
     results[f"cohort_{n}"]["speedup_vs_singles"] = speedup
     for name, r in results.items():
