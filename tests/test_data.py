@@ -80,3 +80,23 @@ def test_stratified_sample_of_imbalanced_classes_takes_what_each_has(tmp_path):
     val = build_dataset({"name": "imagefolder", "root": str(tmp_path)}, "val")
     counts = np.bincount(labels_of(val)[analysis_images(val, 7, "stratified").indices], minlength=3)
     assert counts[0] == 1 and sorted(counts[1:]) == [3, 3]
+
+
+def test_digits_augmentation_moves_the_digit_and_keeps_its_shape():
+    # timm's ImageNet augmentation fails on 8x8 grey images (RandAugment's posterize); the digits
+    # get small affine moves of their own, drawn from torch's random generator.
+    import timm
+    import torch
+
+    from dyn.data import build_transform
+
+    model = timm.create_model("deit_digits")
+    recipe = {"augment": True, "crop_pct": None, "auto_augment": "rand-m9-mstd0.5-inc1"}
+    train = build_dataset({"name": "digits"}, "train", build_transform(model, True, recipe, dataset="digits"))
+    plain = build_dataset({"name": "digits"}, "train", build_transform(model, False, recipe))
+    torch.manual_seed(0)
+    moved = [train[i][0] for i in range(50)]
+    assert all(x.shape == (1, 8, 8) and torch.isfinite(x).all() for x in moved)
+    assert sum(not torch.equal(x, plain[i][0]) for i, x in enumerate(moved)) > 25
+    torch.manual_seed(0)
+    assert all(torch.equal(train[i][0], moved[i]) for i in range(50)), "the same draws give the same images"

@@ -162,13 +162,20 @@ def test_a_cohort_trains_each_student_exactly_as_it_would_alone(teacher, tmp_pat
         tmp_path / "alone" / COHORT[2].run_id / "projector.safetensors").read_bytes()
 
 
-def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_others(teacher, tmp_path, caplog):
+def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_others(teacher, tmp_path, caplog,
+                                                                                      monkeypatch):
     caplog.set_level("INFO", logger="dyn")
+    from dyn.training.task import SharedTeacher
+
+    caches = []
+    real_build = SharedTeacher.build_cache
+    monkeypatch.setattr(SharedTeacher, "build_cache", lambda self, *a: caches.append(1) or real_build(self, *a))
     diverging = RunSpec("spectral", "Last1", float("nan"), 2, 0)
     specs = [COHORT[0], diverging]
     state = tmp_path / "cohort.pt"
     with pytest.raises(NonFiniteLoss, match=f"{diverging.run_id}: non-finite loss in epoch 1") as stop:
         _cohort(teacher, tmp_path, specs, state=state)
+    assert len(caches) == 1, "the teacher cache is built once per cohort"
     assert COHORT[0].run_id not in str(stop.value)
     assert (tmp_path / COHORT[0].run_id / "summary.json").is_file(), "the other student finishes"
     assert not (tmp_path / diverging.run_id / "summary.json").exists()
