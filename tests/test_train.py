@@ -192,3 +192,27 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
     assert f"{COHORT[0].run_id}: epoch" not in caplog.text, "not retrained"
     assert (tmp_path / COHORT[0].run_id / "student.safetensors").read_bytes() == finished
     assert state.is_file(), "the state stays while a student has not finished"
+
+
+def test_a_random_stream_draws_what_a_seeded_process_draws_and_leaves_the_global_state_alone():
+    import random
+
+    import numpy as np
+
+    from dyn.training.rng import RngStream
+
+    torch.manual_seed(123)
+    random.seed(5)
+    outside = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    stream = RngStream(7)
+    with stream.active():
+        first = (torch.rand(3), random.random(), np.random.rand())
+    with stream.active():  # goes on where it stopped
+        second = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), outside[0]) and random.getstate() == outside[1]
+    assert np.array_equal(np.random.get_state()[1], outside[2])
+    torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)
+    assert torch.equal(first[0], torch.rand(3)) and first[1] == random.random() and first[2] == np.random.rand()
+    assert torch.equal(second, torch.rand(3))

@@ -41,7 +41,10 @@ def _seeded_state(seed: int, cuda: torch.device | None) -> dict:
     try:
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)  # seeds the CUDA generators too
+        # As torch.manual_seed does, but only the generators this stream owns: the CPU's and its GPU's.
+        torch.default_generator.manual_seed(seed)
+        if cuda is not None:
+            torch.cuda.default_generators[cuda.index if cuda.index is not None else 0].manual_seed(seed)
         return _global_state(cuda)
     finally:
         _set_global_state(outer, cuda)
