@@ -112,6 +112,7 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     channel frequencies the `lowpass` method keeps of the teacher's maps.
     """
     started = time.perf_counter()
+    state_path = Path(state_path) if state_path else None
     specs = _check_cohort(list(specs), len(out_dirs))
     pairs = [aligned_pairs(spec, student_arch, teacher_arch, teacher_phases) for spec in specs]  # before any load
     world = distributed.init(device)
@@ -122,7 +123,7 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
         precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
         members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
         fit(Loop(members, train, val, specs[0].epochs, world, precision, teacher=teacher,
-                 log_interval=recipe.log_interval, state_path=Path(state_path) if state_path else None,
+                 log_interval=recipe.log_interval, state_path=state_path,
                  snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
                  snapshot_every=snapshots.every))
         summaries = None
@@ -132,7 +133,7 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
                          for member, setup, out_dir in zip(members, setups, out_dirs) if member.stopped is None]
         raise_if_stopped(members)  # after the finished students are written; their state stays for a rerun
         if world.is_main:
-            clear_state(Path(state_path) if state_path else None)
+            clear_state(state_path)
         return summaries
     finally:
         distributed.barrier(world)

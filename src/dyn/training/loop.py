@@ -5,8 +5,8 @@ The loop trains a list of members on one data stream: a cohort of students that 
 teacher's forward (`dyn distill`, LayerDistillationTasks), or one model on its own (`dyn fetch`
 with weights: train, a ClassificationTask). Each member steps on every batch in turn, drawing
 its randomness from its own stream, so it trains exactly as it would alone. One process or
-data-parallel under torchrun (each member its own DDP module). On CUDA the forward passes run under autocast (bfloat16, or float16 with a gradient
-scaler); on the CPU everything is float32.
+data-parallel under torchrun (each member its own DDP module). On CUDA the forward passes run under
+autocast (bfloat16, or float16 with a gradient scaler); on the CPU everything is float32.
 """
 from __future__ import annotations
 
@@ -127,8 +127,8 @@ def fit(loop: Loop) -> list[Member]:
         if not active:
             break
         started = time.perf_counter()
-        sums = train_one_epoch(loop, active, epoch)
-        end_of_epoch(loop, active, epoch, sums, time.perf_counter() - started)
+        losses, images = train_one_epoch(loop, active, epoch)
+        end_of_epoch(loop, active, epoch, losses, images, time.perf_counter() - started)
     return loop.members
 
 
@@ -145,9 +145,9 @@ def _train_step(loop: Loop, member: Member, images, labels, teacher, update: int
     return out
 
 
-def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> dict[str, dict[str, float]]:
+def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> tuple[dict[str, dict[str, float]], float]:
     """One pass over the training batches, every active member stepping on each batch; returns per member
-    the mean of each loss part over every process's images, and `images`, their count. Loss parts are
+    the mean of each loss part over every process's images, and how many images that was. Loss parts are
     summed on the device: the host reads them only every `log_interval` steps (progress bar, non-finite
     check) and at the end."""
     device = loop.world.device
@@ -186,21 +186,19 @@ def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> dict[str, d
     return _mean_losses(loop, [m for m in active if m.stopped is None], sums, n_images)
 
 
-def _mean_losses(loop: Loop, members: list[Member], sums, n_images) -> dict[str, dict[str, float]]:
-    """Each member's loss parts averaged over all processes' images, in one all-reduce."""
-    names = {m.name: sorted(sums[m.name]) for m in members}
-    flat = [sums[m.name][k] for m in members for k in names[m.name]] + [n_images]
-    totals = all_reduce_sum(torch.stack(flat), loop.world).tolist()
-    images, result, i = totals[-1], {}, 0
-    for member in members:
-        result[member.name] = {"losses": {}, "images": images}
-        for key in names[member.name]:
-            result[member.name]["losses"][key] = totals[i] / images
-            i += 1
-    return result
+def _mean_losses(loop: Loop, members: list[Member], sums, n_images) -> tuple[dict[str, dict[str, float]], float]:
+    """Each member's loss parts averaged over all processes' images, and their count, in one all-reduce."""
+    keys = [(m.name, k) for m in members for k in sorted(sums[m.name])]
+    *totals, images = all_reduce_sum(torch.stack([sums[name][k] for name, k in keys] + [n_images]),
+                                     loop.world).tolist()
+    losses: dict[str, dict[str, float]] = {m.name: {} for m in members}
+    for (name, key), total in zip(keys, totals):
+        losses[name][key] = total / images
+    return losses, images
 
 
-def end_of_epoch(loop: Loop, active: list[Member], epoch: int, sums: dict, seconds: float) -> None:
+def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str, dict[str, float]], images: float,
+                 seconds: float) -> None:
     """Evaluate every member still training in one pass over the validation split, log each one's row,
     take the snapshots that are due, save the state of all members."""
     world, done = loop.world, epoch + 1
@@ -208,14 +206,14 @@ def end_of_epoch(loop: Loop, active: list[Member], epoch: int, sums: dict, secon
     models = [m.task.get_eval_model() for m in going] + [m.task.get_eval_model(ema=True) for m in going
                                                          if m.task.has_ema()]
     scores = iter(evaluate_all(models, loop.val, world.device, world, loop.precision))
-    rows = {m.name: {"epoch": done, **sums[m.name]["losses"], **next(scores)} for m in going}
+    rows = {m.name: {"epoch": done, **losses[m.name], **next(scores)} for m in going}
     for member in [m for m in going if m.task.has_ema()]:
         rows[member.name].update({f"ema_{k}": v for k, v in next(scores).items()})
     due = done == loop.epochs or (loop.snapshot_every and done % loop.snapshot_every == 0)
     for member in going:
         row = rows[member.name]
         row.update(lr=member.optimizer.param_groups[0]["lr"], seconds=seconds,
-                   images_per_s=sums[member.name]["images"] / seconds)
+                   images_per_s=images / seconds)
         member.history.rows.append(row)
         member.done = done
         if world.is_main:

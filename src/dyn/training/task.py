@@ -96,7 +96,7 @@ class LayerDistillationTask(LogitDistillationTask):
         return result
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> nn.Module:
-        """torch.compile the student's training forward and its eval forward (the SharedTeacher compiles the teacher)."""
+        """torch.compile the student's training and eval forwards (SharedTeacher.compile does the teacher)."""
         student = self.trainable_module.student
         self.eval_model = torch.compile(student, backend=backend, mode=mode, **kwargs)
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **kwargs)
@@ -145,6 +145,8 @@ class SharedTeacher:
         """Logits and maps under inference mode, returned as ordinary tensors."""
         with torch.inference_mode():
             x = self.teacher.normalize_input(images, self.student_mean, self.student_std)
+            # One code path with or without aligned layers (SoftKD alone: block 0's map, unused), so a
+            # student's teacher logits come from the same operations alone and in any cohort.
             logits, maps = features(self.teacher.model, x, self.layers or [0], with_logits=True)
         # Inference tensors cannot be saved for backward; a clone outside the mode can.
         return TeacherOutputs(logits.clone(), {layer: m.clone() for layer, m in zip(self.layers, maps)})
