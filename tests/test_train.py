@@ -134,9 +134,10 @@ COHORT = [RunSpec("softkd", "none", 0.0, 2, 0), RunSpec("spectral", "First1", 0.
           RunSpec("projector", "Last1", 0.2, 2, 0)]
 
 
-def _cohort(teacher, root, specs, state=None, **recipe):
+def _cohort(teacher, root, specs, state=None, finished_dir=None, **recipe):
     return distill(specs, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}),
-                   [root / spec.run_id for spec in specs], state_path=state, snapshots=Snapshots(num_images=8, every=1))
+                   [root / spec.run_id for spec in specs], state_path=state, snapshots=Snapshots(num_images=8, every=1),
+                   finished_dir=finished_dir)
 
 
 def test_a_cohort_trains_each_student_exactly_as_it_would_alone(teacher, tmp_path, monkeypatch):
@@ -192,6 +193,39 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
     assert f"{COHORT[0].run_id}: epoch" not in caplog.text, "not retrained"
     assert (tmp_path / COHORT[0].run_id / "student.safetensors").read_bytes() == finished
     assert state.is_file(), "the state stays while a student has not finished"
+
+
+def test_a_run_added_to_a_finished_cohort_trains_alone_and_the_others_are_restored(teacher, tmp_path, caplog,
+                                                                                     monkeypatch):
+    import shutil
+
+    import dyn.training.finished
+
+    caplog.set_level("INFO", logger="dyn")
+    store, first, added = tmp_path / "finished", COHORT[:2], COHORT[2]
+    _cohort(teacher, tmp_path / "runs", first, finished_dir=store)
+    before = {spec.run_id: {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()}
+              for spec in first}
+
+    # Snakemake deletes the cohort job's outputs before it reruns it for the added run.
+    shutil.rmtree(tmp_path / "runs")
+    caplog.clear()
+    summaries = _cohort(teacher, tmp_path / "runs", [*first, added], finished_dir=store)
+    for spec in first:
+        assert f"{spec.run_id}: reused from {store / spec.run_id}" in caplog.text
+        assert f"{spec.run_id}: epoch" not in caplog.text, "not trained again"
+        assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()} == before[spec.run_id]
+    assert f"{added.run_id}: epoch 2/2" in caplog.text
+    assert [s["run"] for s in summaries] == [spec.run_id for spec in COHORT]
+    assert summaries[2]["cohort"] == [added.run_id] and summaries[0]["cohort"] == [s.run_id for s in first]
+    assert (store / added.run_id / "key").is_file()
+
+    # Another configuration, or other code, is trained again: the kept run does not match its key.
+    caplog.clear()
+    _cohort(teacher, tmp_path / "other", first[:1], finished_dir=store, alpha=0.5)
+    monkeypatch.setattr(dyn.training.finished, "_source_digest", lambda: "other code")
+    _cohort(teacher, tmp_path / "changed", first[:1], finished_dir=store)
+    assert "reused" not in caplog.text and caplog.text.count(f"{first[0].run_id}: epoch 2/2") == 2
 
 
 def test_a_random_stream_draws_what_a_seeded_process_draws_and_leaves_the_global_state_alone():

@@ -208,3 +208,17 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 4
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html
     assert "Phases of resnet" in html and "low-pass score" in html
+
+    # A run added to the finished cohort: Snakemake reruns the cohort's job, which trains only the new run
+    # and restores the five others from results/state/finished/ unchanged.
+    cfg = yaml.safe_load(open(config))
+    cfg["distill"]["runs"].append({"method": "spectral", "layers": "First1", "beta": 0.2, "epochs": 2})
+    (tmp_path / "added.yaml").write_text(yaml.safe_dump(cfg))
+    weights = (results / "runs" / rows[1]["run"] / "student.safetensors").read_bytes()
+    added = snakemake(["results/runs/spectral_First1_b0.2_e2_s0/summary.json", "--cores", "2", "-s",
+                       str(repo / "workflow" / "Snakefile"), "--configfile", str(tmp_path / "added.yaml")], tmp_path, env)
+    assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
+    cohort_log = (results / "logs" / "distill" / "cohort_e2_s0.log").read_text()
+    assert all(f"{row['run']}: reused from results/state/finished/{row['run']}" in cohort_log for row in rows)
+    assert cohort_log.count(": epoch ") == 2 and "spectral_First1_b0.2_e2_s0: epoch 2/2" in cohort_log
+    assert (results / "runs" / rows[1]["run"] / "student.safetensors").read_bytes() == weights

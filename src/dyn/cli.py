@@ -176,6 +176,9 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
               help="Each run writes <runs-dir>/<run id>/.")
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
               help="Resumable training state file (of the whole cohort).")
+@click.option("--finished-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep each finished run here, and restore instead of training a run kept under the same "
+                   "configuration, code and library versions.")
 @click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Fixed validation images for the entropy snapshots.")
 @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
@@ -186,7 +189,7 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
 @device_option
 @threads_option
 def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, epochs, seed, teacher_arch,
-            teacher_checkpoint, student_arch, runs_dir, state, num_images, bins, evolution_every, sample, sample_seed,
+            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every, sample, sample_seed,
             dataset_cfg, train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) on one data stream
     and one teacher forward, or one student, and write each run's directory."""
@@ -205,7 +208,7 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, e
     summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
                             state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
-                            lowpass_keep=lowpass_keep)
+                            lowpass_keep=lowpass_keep, finished_dir=finished_dir)
     for summary in summaries or []:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
 

@@ -34,6 +34,8 @@ for cohort_id, specs in COHORTS.items():
             dataset=as_json(config["dataset"]),
             train=as_json(config["train"]),
             state=f"results/state/{cohort_id}/last.pt",
+            # finished runs are kept there and restored, not trained again, when the job reruns
+            finished="--finished-dir results/state/finished" if config["distill"]["reuse_finished"] else "",
             num_images=ANALYSIS["num_images"],
             sample=ANALYSIS["sample"],
             sample_seed=ANALYSIS["sample_seed"],
@@ -56,6 +58,7 @@ for cohort_id, specs in COHORTS.items():
             " {params.phases} --lowpass-keep {params.keep}"
             " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
             " --student-arch {params.student_arch:q} --runs-dir results/runs --state {params.state}"
+            " {params.finished}"
             " --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
             " --bins {params.bins} --evolution-every {params.every}"
             " --dataset {params.dataset:q} --train {params.train:q} --device {params.device}"

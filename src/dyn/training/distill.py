@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import datetime
 import io
+import json
 import logging
 import platform
 import subprocess
@@ -30,7 +31,7 @@ from ..models import create_model, depth_of, existing_checkpoint, load_checkpoin
 from ..workflow import layers
 from ..workflow.atomic import write_json, write_text
 from ..workflow.runs import RunSpec
-from . import distributed
+from . import distributed, finished
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution
 from .loop import Loop, Member, Precision, fit, raise_if_stopped
@@ -99,7 +100,7 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
 def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
             snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
-            lowpass_keep: float = 0.25) -> list[dict] | None:
+            lowpass_keep: float = 0.25, finished_dir: str | Path | None = None) -> list[dict] | None:
     """Train a cohort of students of one teacher, one architecture, one epoch count and one seed (one
     spec: a plain run); write each run's directory (`out_dirs`, in the order of `specs`); return their
     summaries (None off the main process).
@@ -109,35 +110,63 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     whose loss is not finite stops, the others finish and are written, then NonFiniteLoss names it.
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
     `teacher_phases`: the teacher's phases.csv, for `auto` layer specs; `lowpass_keep`: the share of
-    channel frequencies the `lowpass` method keeps of the teacher's maps.
+    channel frequencies the `lowpass` method keeps of the teacher's maps; `finished_dir`: where finished
+    runs are kept, and from where a run finished before under the same key is restored, not trained.
     """
     started = time.perf_counter()
     state_path = Path(state_path) if state_path else None
     specs = _check_cohort(list(specs), len(out_dirs))
+    out_dirs = [Path(out_dir) for out_dir in out_dirs]
     pairs = [aligned_pairs(spec, student_arch, teacher_arch, teacher_phases) for spec in specs]  # before any load
     world = distributed.init(device)
     try:
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
         setups = [RunSetup(spec, spec_pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch,
                            dataset_cfg, recipe, snapshots, lowpass_keep) for spec, spec_pairs in zip(specs, pairs)]
-        precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
-        members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
-        fit(Loop(members, train, val, specs[0].epochs, world, precision, teacher=teacher,
-                 log_interval=recipe.log_interval, state_path=state_path,
-                 snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
-                 snapshot_every=snapshots.every))
-        summaries = None
+        keys = [finished.reuse_key(setup.fingerprint(world.size), world.device.type) for setup in setups]
+        kept = [finished_dir is not None and finished.is_kept(finished_dir, spec.run_id, key)
+                for spec, key in zip(specs, keys)]
+        summaries: dict[int, dict] = {}
         if world.is_main:
-            names = [m.name for m in members]
-            summaries = [_write_run(Path(out_dir), member, setup, world, time.perf_counter() - started, names)
-                         for member, setup, out_dir in zip(members, setups, out_dirs) if member.stopped is None]
-        raise_if_stopped(members)  # after the finished students are written; their state stays for a rerun
+            for i in [i for i, is_kept in enumerate(kept) if is_kept]:
+                finished.restore(finished_dir, specs[i].run_id, out_dirs[i])
+                summaries[i] = json.loads((out_dirs[i] / "summary.json").read_text())
+        train = [i for i, is_kept in enumerate(kept) if not is_kept]
+        if train:
+            written = _train_cohort([setups[i] for i in train], [out_dirs[i] for i in train], [keys[i] for i in train],
+                                    world, state_path, finished_dir, started)
+            summaries.update(zip(train, written or []))
         if world.is_main:
             clear_state(state_path)
-        return summaries
+        return [summaries[i] for i in range(len(specs))] if world.is_main else None
     finally:
         distributed.barrier(world)
         distributed.shutdown(world)
+
+
+def _train_cohort(setups: list[RunSetup], out_dirs: list[Path], keys: list[str], world, state_path: Path | None,
+                  finished_dir: str | Path | None, started: float) -> list[dict] | None:
+    """Train the students of `setups` as one cohort, write their run directories and keep them in
+    `finished_dir` under `keys`; their summaries on the main process. A stopped student raises
+    NonFiniteLoss after the others are written and kept."""
+    recipe, snapshots = setups[0].recipe, setups[0].snapshots
+    precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
+    members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
+    fit(Loop(members, train, val, setups[0].spec.epochs, world, precision, teacher=teacher,
+             log_interval=recipe.log_interval, state_path=state_path,
+             snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
+             snapshot_every=snapshots.every))
+    written = None
+    if world.is_main:
+        names = [m.name for m in members]
+        written = []
+        for member, setup, out_dir, key in zip(members, setups, out_dirs, keys):
+            if member.stopped is None:
+                written.append(_write_run(out_dir, member, setup, world, time.perf_counter() - started, names))
+                if finished_dir is not None:
+                    finished.keep(finished_dir, setup.spec.run_id, key, out_dir)
+    raise_if_stopped(members)  # after the finished students are written; their state stays for a rerun
+    return written
 
 
 def _check_cohort(specs: list[RunSpec], n_out_dirs: int) -> list[RunSpec]:
