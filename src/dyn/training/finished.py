@@ -48,15 +48,16 @@ def reuse_key(fingerprint: str, device_type: str) -> str:
 
 def is_kept(store: Path, run_id: str, key: str) -> bool:
     """Whether `run_id` finished before under `key` (its files complete: the key is written last)."""
-    path = Path(store) / run_id / KEY_FILE
-    return path.is_file() and path.read_text().strip() == key
+    kept = Path(store) / run_id
+    return (kept / KEY_FILE).is_file() and (kept / KEY_FILE).read_text().strip() == key and (
+        kept / "summary.json").is_file()
 
 
 def restore(store: Path, run_id: str, out_dir: Path) -> None:
     """Write the kept files of `run_id` into its run directory, summary.json last (a summary means complete)."""
     kept = Path(store) / run_id
-    names = sorted(p.name for p in kept.iterdir() if p.is_file() and p.name != KEY_FILE)
-    for name in sorted(names, key=lambda name: name == "summary.json"):
+    names = [p.name for p in kept.iterdir() if p.is_file() and p.name != KEY_FILE]
+    for name in sorted(names, key=lambda name: (name == "summary.json", name)):
         with atomic_path(Path(out_dir) / name) as tmp:
             shutil.copyfile(kept / name, tmp)  # a copy: new files, newer than the job's inputs
     log.info("%s: reused from %s (finished before with the same configuration, code and libraries; delete that "
@@ -70,7 +71,7 @@ def keep(store: Path, run_id: str, key: str, out_dir: Path) -> None:
         shutil.rmtree(kept)
     kept.mkdir(parents=True)
     for path in Path(out_dir).iterdir():
-        if path.is_file():
+        if path.is_file() and not path.name.startswith("."):  # not a temporary file a killed writer left
             try:
                 os.link(path, kept / path.name)  # the run's files are never changed in place: links are safe
             except OSError:  # another filesystem, or one without hard links
