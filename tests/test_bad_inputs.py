@@ -203,6 +203,8 @@ CASES = [
      lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"layers": "First1", "beta": 0.2}]')),
     ("distill: a cohort entry with a negative beta", "beta must be a number >= 0",
      lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "spectral", "layers": "Last1", "beta": -1}]')),
+    ("distill: a cohort entry with epochs that are not a whole number", "needs its 'epochs'",
+     lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "softkd", "epochs": 1.5}]')),
     ("distill: a cohort twice the same run", "must be distinct",
      lambda f, t: _cohort(f / "resnet.safetensors", t, '[{"method": "softkd"}, {"method": "softkd"}]')),
     ("distill: both --runs and --method", "either as --runs",

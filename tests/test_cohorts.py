@@ -20,6 +20,16 @@ def test_runs_of_one_epoch_count_and_seed_form_a_cohort_in_config_order():
     }
 
 
+def test_across_epochs_the_runs_of_one_seed_form_a_cohort():
+    jobs = cohorts(_grid(), across_epochs=True)
+    assert {k: [s.run_id for s in v] for k, v in jobs.items()} == {
+        "cohort_s0": ["softkd_none_b0_e20_s0", "spectral_First1_b0.2_e20_s0", "softkd_none_b0_e40_s0",
+                      "projector_Last1_b0.2_e20_s0", "spectral_Last1_b0.2_e40_s0"],
+        "cohort_s1": ["spectral_Last1_b0.2_e20_s1"],
+    }
+    assert list(cohorts(_grid(), size=3, across_epochs=True)) == ["cohort_s0_1of2", "cohort_s0_2of2", "cohort_s1"]
+
+
 def test_the_cap_splits_a_cohort_into_the_fewest_near_equal_parts():
     runs = [RunSpec("spectral", f"Last{k}", 0.2, 20, 0) for k in range(1, 8)]
     jobs = cohorts(runs, size=3)

@@ -142,20 +142,22 @@ def _cohort(teacher, root, specs, state=None, finished_dir=None, **recipe):
 
 def test_a_cohort_trains_each_student_exactly_as_it_would_alone(teacher, tmp_path, monkeypatch):
     # Random augmentation, drop path and the projector's initialisation all draw random numbers: each
-    # student must draw its own, and the data its own, whatever else trains beside it.
+    # student must draw its own, and the data its own, whatever else trains beside it. A student of
+    # fewer epochs stops after its own; the others go on (distill.cohort_across_epochs).
     recipe = dict(augment=True, drop_path=0.1, teacher_cache=False)
-    for spec in COHORT:
+    shorter = RunSpec("spectral", "Last1", 0.2, 1, 0)
+    for spec in [*COHORT, shorter]:
         _cohort(teacher, tmp_path / "alone", [spec], **recipe)
     from dyn.training.task import SharedTeacher
 
     forwards = []
     real_forward = SharedTeacher.forward
     monkeypatch.setattr(SharedTeacher, "forward", lambda self, images: forwards.append(1) or real_forward(self, images))
-    summaries = _cohort(teacher, tmp_path / "cohort", COHORT, **recipe)
+    summaries = _cohort(teacher, tmp_path / "cohort", [*COHORT, shorter], **recipe)
     steps = math.ceil(1437 / 128)  # the digits' training split, global batch 128
     assert len(forwards) == 2 * steps, "one teacher forward per batch for the whole cohort"
-    assert [s["cohort"] for s in summaries] == [[spec.run_id for spec in COHORT]] * 3
-    for spec in COHORT:
+    assert [s["cohort"] for s in summaries] == [[spec.run_id for spec in [*COHORT, shorter]]] * 4
+    for spec in [*COHORT, shorter]:
         alone, together = tmp_path / "alone" / spec.run_id, tmp_path / "cohort" / spec.run_id
         _assert_same_run(alone, together)
         assert (alone / "evolution.nc").read_bytes() == (together / "evolution.nc").read_bytes()

@@ -68,6 +68,11 @@ def test_cohort_size_splits_and_cohort_false_gives_one_job_per_run(repo, env, tm
     # 11 runs of one seed and 20 epochs, at most 4 per job: three near-equal parts, config order kept.
     assert [len(cohorts[f"cohort_e20_s0_{k}of3"]) for k in (1, 2, 3)] == [4, 3, 4]
     assert cohorts["cohort_e20_s0_1of3"][0] == "softkd_none_b0_e20_s0" and job_counts(capped.stdout)["distill"] == 12
+    # Across epochs: one job per seed, the 40-epoch runs beside the 20-epoch ones.
+    seeds = snakemake(["results/table1.csv", "-n", "--cores", "2", "--forceall", "--configfile",
+                       _with_distill(repo, tmp_path, cohort_across_epochs=True)], repo, env)
+    assert seeds.returncode == 0, seeds.stderr
+    assert {k: len(v) for k, v in cohorts_listed(seeds.stdout).items()} == {f"cohort_s{s}": 13 for s in range(3)}
     single = snakemake(["results/table1.csv", "-n", "--cores", "2", "--forceall", "--configfile",
                         _with_distill(repo, tmp_path, cohort=False)], repo, env)
     assert single.returncode == 0, single.stderr

@@ -167,7 +167,8 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
               help="The teacher's phases.csv, for the layer specs auto and autoK.")
 @click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
-@click.option("--epochs", type=click.IntRange(min=1), required=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of the run (with --runs: of each entry without its own 'epochs').")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--teacher-arch", required=True)
 @click.option("--teacher-checkpoint", required=True, type=click.Path(dir_okay=False))
@@ -202,6 +203,8 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, e
         raise UserError("give the students either as --runs (a JSON list) or one by --method, not both or neither")
     if runs_json is not None and (layer_spec != "none" or beta != 0.0):
         raise UserError("--layers and --beta go with --method; with --runs each entry has its own")
+    if runs_json is None and epochs is None:
+        raise UserError("--method needs --epochs")
     specs = (cohort_from_json(runs_json, epochs, seed) if runs_json is not None
              else [RunSpec(method, layer_spec, beta, epochs, seed)])
     snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)

@@ -32,7 +32,8 @@ TEACHER = config["distill"]["teacher"]
 STUDENT = config["distill"]["student"]
 RUNS = {spec.run_id: spec for spec in dyn_config.run_specs(config)}
 # The distillation jobs: {cohort id: its runs} (rules/distill.smk makes one rule per cohort).
-COHORTS = dyn_runs.cohorts(list(RUNS.values()), config["distill"]["cohort"], config["distill"]["cohort_size"])
+COHORTS = dyn_runs.cohorts(list(RUNS.values()), config["distill"]["cohort"], config["distill"]["cohort_size"],
+                           config["distill"]["cohort_across_epochs"])
 # The evolution figure shows each grid point once: its run with the first seed.
 FIRST_SEED_RUNS = [run for run, spec in RUNS.items() if spec.seed == config["distill"]["seeds"][0]]
 FORMATS = config["report"]["formats"]

@@ -1,6 +1,7 @@
-# One job per cohort: the runs of one epoch count and one seed, trained together on one data stream
-# and one teacher forward per batch (distill.cohort; false: one job per run). A rule per cohort,
-# because a job's outputs are all its runs' files; asking for one run's files builds its cohort.
+# One job per cohort: the runs of one epoch count and one seed (distill.cohort_across_epochs: of one
+# seed), trained together on one data stream and one teacher forward per batch (distill.cohort;
+# false: one job per run). A rule per cohort, because a job's outputs are all its runs' files;
+# asking for one run's files builds its cohort.
 
 RUN_FILES = ["summary.json", "student.safetensors", "log.csv", "evolution.nc"]
 
@@ -24,8 +25,7 @@ for cohort_id, specs in COHORTS.items():
         conda:
             "../envs/dyn.yaml"
         params:
-            runs=as_json([{"method": s.method, "layers": s.layers, "beta": s.beta} for s in specs]),
-            epochs=specs[0].epochs,
+            runs=as_json([{"method": s.method, "layers": s.layers, "beta": s.beta, "epochs": s.epochs} for s in specs]),
             seed=specs[0].seed,
             phases=lambda wc, input: f"--teacher-phases {input.phases}" if input.phases else "",
             keep=config["distill"]["lowpass_keep"],
@@ -54,7 +54,7 @@ for cohort_id, specs in COHORTS.items():
             # name rules made in a loop
             **RESOURCES["distill"]["slurm"],
         shell:
-            "{params.launch} distill --runs {params.runs:q} --epochs {params.epochs} --seed {params.seed}"
+            "{params.launch} distill --runs {params.runs:q} --seed {params.seed}"
             " {params.phases} --lowpass-keep {params.keep}"
             " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
             " --student-arch {params.student_arch:q} --runs-dir results/runs --state {params.state}"

@@ -101,8 +101,8 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
             dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
             snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
             lowpass_keep: float = 0.25, finished_dir: str | Path | None = None) -> list[dict] | None:
-    """Train a cohort of students of one teacher, one architecture, one epoch count and one seed (one
-    spec: a plain run); write each run's directory (`out_dirs`, in the order of `specs`); return their
+    """Train a cohort of students of one teacher, one architecture and one seed (one spec: a plain run),
+    each for its own epochs; write each run's directory (`out_dirs`, in the order of `specs`); return their
     summaries (None off the main process).
 
     The cohort reads one data stream and runs the teacher once per batch for all students; each
@@ -152,7 +152,7 @@ def _train_cohort(setups: list[RunSetup], out_dirs: list[Path], keys: list[str],
     recipe, snapshots = setups[0].recipe, setups[0].snapshots
     precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
     members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
-    fit(Loop(members, train, val, setups[0].spec.epochs, world, precision, teacher=teacher,
+    fit(Loop(members, train, val, world, precision, teacher=teacher,
              log_interval=recipe.log_interval, state_path=state_path,
              snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
              snapshot_every=snapshots.every))
@@ -170,11 +170,12 @@ def _train_cohort(setups: list[RunSetup], out_dirs: list[Path], keys: list[str],
 
 
 def _check_cohort(specs: list[RunSpec], n_out_dirs: int) -> list[RunSpec]:
-    """A cohort is distinct runs of one epoch count and one seed, each with its output directory."""
+    """A cohort is distinct runs of one seed (their batches are the same epoch by epoch; each stops after
+    its own epochs), each with its output directory."""
     if not specs or len(specs) != n_out_dirs:
         raise ValueError(f"{len(specs)} runs but {n_out_dirs} output directories")
-    if len({(spec.epochs, spec.seed) for spec in specs}) > 1 or len({spec.run_id for spec in specs}) < len(specs):
-        raise UserError("the runs of a cohort must be distinct and share epochs and seed, got "
+    if len({spec.seed for spec in specs}) > 1 or len({spec.run_id for spec in specs}) < len(specs):
+        raise UserError("the runs of a cohort must be distinct and share one seed, got "
                         + ", ".join(spec.run_id for spec in specs))
     return specs
 
@@ -216,7 +217,7 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
         optimizer = make_optimizer(task.trainable_module, recipe)
         members.append(Member(setup.spec.run_id, task, optimizer,
                               make_scheduler(optimizer, recipe, setup.spec.epochs, len(train)), stream,
-                              setup.fingerprint(world.size), precision.new_scaler()))
+                              setup.spec.epochs, setup.fingerprint(world.size), precision.new_scaler()))
     if world.is_main and len(members) > 1:
         log.info("cohort of %d students: one data stream, one teacher forward per batch (teacher layers %s)",
                  len(members), shared.layers)

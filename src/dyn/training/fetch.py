@@ -42,10 +42,9 @@ def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Rec
                               device=world.device, verbose=False).to(world.device)
     optimizer = make_optimizer(model, recipe)
     precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
-    member = Member(arch, task, optimizer, make_scheduler(optimizer, recipe, epochs, len(train)), stream,
+    member = Member(arch, task, optimizer, make_scheduler(optimizer, recipe, epochs, len(train)), stream, epochs,
                     fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed), precision.new_scaler())
-    fit(Loop([member], train, val, epochs, world, precision, log_interval=recipe.log_interval,
-             state_path=state_path))
+    fit(Loop([member], train, val, world, precision, log_interval=recipe.log_interval, state_path=state_path))
     raise_if_stopped([member])
     return model
 

@@ -73,6 +73,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     scheduler: object
     rng: RngStream                   # its own initialisation, dropout and drop path draws
+    epochs: int                      # its own epoch count: a cohort's members may stop at different epochs
     fingerprint: str = ""            # its configuration: a state entry of another one is not resumed
     scaler: torch.amp.GradScaler | None = None
     history: History = field(default_factory=History)
@@ -92,7 +93,6 @@ class Loop:
     members: list[Member]
     train: Batches
     val: Batches
-    epochs: int
     world: World = World()
     precision: Precision = field(default_factory=Precision)
     teacher: Callable | None = None
@@ -104,8 +104,9 @@ class Loop:
 
 
 def fit(loop: Loop) -> list[Member]:
-    """Train every member for `loop.epochs`, each resuming from the state file where it holds an entry of
-    its configuration; members at different epochs train side by side on the same epoch's batches.
+    """Train every member for its epochs, each resuming from the state file where it holds an entry of
+    its configuration; members at different epochs train side by side on the same epoch's batches (epoch
+    e's batches are the same for every member), each stopping after its own last epoch.
 
     A snapshot of each eval model is taken before its first epoch, every `snapshot_every` epochs and
     after the last. A member whose loss is not finite stops (`member.stopped` says where, its last
@@ -118,14 +119,15 @@ def fit(loop: Loop) -> list[Member]:
         for member in loop.members:
             if member.done:
                 log.info("%s: resumed from %s after epoch %d of %d", member.name, loop.state_path, member.done,
-                         loop.epochs)
+                         member.epochs)
     for member in loop.members:
         if loop.snapshot is not None and loop.world.is_main and member.done == 0 and not member.history.snapshots:
             member.history.snapshots.append((0, loop.snapshot(member.task.get_eval_model())))
-    for epoch in range(min(m.done for m in loop.members), loop.epochs):
-        active = [m for m in loop.members if m.done <= epoch and m.stopped is None]
-        if not active:
-            break
+    last = max(m.epochs for m in loop.members)
+    for epoch in range(min(m.done for m in loop.members), last):
+        active = [m for m in loop.members if m.done <= epoch < m.epochs and m.stopped is None]
+        if not active:  # all stopped, finished, or resumed past this epoch
+            continue
         started = time.perf_counter()
         losses, images = train_one_epoch(loop, active, epoch)
         end_of_epoch(loop, active, epoch, losses, images, time.perf_counter() - started)
@@ -158,7 +160,8 @@ def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> tuple[dict[
     n_images = torch.zeros((), dtype=torch.float64, device=device)
     started = time.perf_counter()
     steps_per_epoch = len(loop.train)
-    bar = tqdm(loop.train.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{loop.epochs}",
+    bar = tqdm(loop.train.epoch(epoch), total=steps_per_epoch,
+               desc=f"epoch {epoch + 1}/{max(m.epochs for m in active)}",
                unit="batch", disable=not loop.progress, leave=False)
     for step, (images, labels, index) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -209,7 +212,6 @@ def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str,
     rows = {m.name: {"epoch": done, **losses[m.name], **next(scores)} for m in going}
     for member in [m for m in going if m.task.has_ema()]:
         rows[member.name].update({f"ema_{k}": v for k, v in next(scores).items()})
-    due = done == loop.epochs or (loop.snapshot_every and done % loop.snapshot_every == 0)
     for member in going:
         row = rows[member.name]
         row.update(lr=member.optimizer.param_groups[0]["lr"], seconds=seconds,
@@ -217,8 +219,9 @@ def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str,
         member.history.rows.append(row)
         member.done = done
         if world.is_main:
-            log.info("%s: epoch %d/%d %s", member.name, done, loop.epochs,
+            log.info("%s: epoch %d/%d %s", member.name, done, member.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        due = done == member.epochs or (loop.snapshot_every and done % loop.snapshot_every == 0)
         if loop.snapshot is not None and world.is_main and due:
             member.history.snapshots.append((done, loop.snapshot(member.task.get_eval_model())))
     if loop.state_path is not None and world.is_main:

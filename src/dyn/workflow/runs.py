@@ -39,8 +39,9 @@ class RunSpec:
         return f"{self.method}_{layers.slug(self.layers)}_b{self.beta:g}_e{self.epochs}_s{self.seed}"
 
 
-def cohort_from_json(text: str, epochs: int, seed: int) -> list[RunSpec]:
-    """The students of a cohort from `dyn distill --runs`: a JSON list of {"method", "layers", "beta"}."""
+def cohort_from_json(text: str, epochs: int | None, seed: int) -> list[RunSpec]:
+    """The students of a cohort from `dyn distill --runs`: a JSON list of {"method", "layers", "beta",
+    "epochs"}; a run without its own `epochs` takes `epochs`."""
     example = '[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}]'
     try:
         runs = json.loads(text)
@@ -50,40 +51,45 @@ def cohort_from_json(text: str, epochs: int, seed: int) -> list[RunSpec]:
         raise UserError(f"--runs must be a non-empty JSON list of objects, like {example}")
     specs = []
     for run in runs:
-        unknown = sorted(set(run) - {"method", "layers", "beta"})
-        beta = run.get("beta", 0.0)
+        unknown = sorted(set(run) - {"method", "layers", "beta", "epochs"})
+        beta, run_epochs = run.get("beta", 0.0), run.get("epochs", epochs)
         if unknown or "method" not in run:
-            raise UserError(f"--runs entry {json.dumps(run)}: needs 'method', may have 'layers' and 'beta' "
-                            f"(not {', '.join(unknown) or 'nothing else'})")
+            raise UserError(f"--runs entry {json.dumps(run)}: needs 'method', may have 'layers', 'beta' and "
+                            f"'epochs' (not {', '.join(unknown) or 'nothing else'})")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise UserError(f"--runs entry {json.dumps(run)}: beta must be a number >= 0")
-        specs.append(RunSpec(run["method"], run.get("layers", "none"), float(beta), epochs, seed))
+        if isinstance(run_epochs, bool) or not isinstance(run_epochs, int):
+            raise UserError(f"--runs entry {json.dumps(run)}: needs its 'epochs' (an integer >= 1) or --epochs")
+        specs.append(RunSpec(run["method"], run.get("layers", "none"), float(beta), run_epochs, seed))
     return specs
 
 
-def cohorts(specs: list[RunSpec], together: bool = True, size: int = 16) -> dict[str, list[RunSpec]]:
+def cohorts(specs: list[RunSpec], together: bool = True, size: int = 16,
+            across_epochs: bool = False) -> dict[str, list[RunSpec]]:
     """The distillation jobs of a grid: {cohort id: its runs}, in config order.
 
     With `together`, the runs that see the same batches are trained in one job: those of one epoch
     count and one seed (a config has one teacher, one student architecture, one dataset and one
-    recipe). A group larger than `size` is split into the fewest near-equal parts that fit, ids
-    `cohort_e{epochs}_s{seed}` then `..._1of2`, `..._2of2`. Without, every run is a job of its own,
-    its run id its cohort id.
+    recipe), ids `cohort_e{epochs}_s{seed}`. With `across_epochs` too, all the runs of one seed, ids
+    `cohort_s{seed}`: epoch e's batches are the same whatever the epoch count, each run stops after its
+    own. A group larger than `size` is split into the fewest near-equal parts that fit, `..._1of2`,
+    `..._2of2`. Without `together`, every run is a job of its own, its run id its cohort id.
     """
     if size < 1:
         raise UserError(f"distill.cohort_size must be at least 1, got {size}")
     if not together:
         return {spec.run_id: [spec] for spec in specs}
-    groups: dict[tuple[int, int], list[RunSpec]] = {}
+    groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
-        groups.setdefault((spec.epochs, spec.seed), []).append(spec)
+        name = f"cohort_s{spec.seed}" if across_epochs else f"cohort_e{spec.epochs}_s{spec.seed}"
+        groups.setdefault(name, []).append(spec)
     jobs: dict[str, list[RunSpec]] = {}
-    for (epochs, seed), runs in groups.items():
+    for name, runs in groups.items():
         parts = math.ceil(len(runs) / size)
         bounds = [round(k * len(runs) / parts) for k in range(parts + 1)]
         for k in range(parts):
             suffix = f"_{k + 1}of{parts}" if parts > 1 else ""
-            jobs[f"cohort_e{epochs}_s{seed}{suffix}"] = runs[bounds[k]:bounds[k + 1]]
+            jobs[f"{name}{suffix}"] = runs[bounds[k]:bounds[k + 1]]
     return jobs
 
 
