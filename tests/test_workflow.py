@@ -221,7 +221,8 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     (tmp_path / "added.yaml").write_text(yaml.safe_dump(cfg))
     weights = (results / "runs" / rows[1]["run"] / "student.safetensors").read_bytes()
     added = snakemake(["results/runs/spectral_First1_b0.2_e2_s0/summary.json", "--cores", "2", "-s",
-                       str(repo / "workflow" / "Snakefile"), "--configfile", str(tmp_path / "added.yaml")], tmp_path, env)
+                       str(repo / "workflow" / "Snakefile"), "--configfile", str(tmp_path / "added.yaml")],
+                      tmp_path, env)
     assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
     cohort_log = (results / "logs" / "distill" / "cohort_e2_s0.log").read_text()
     assert all(f"{row['run']}: reused from results/state/finished/{row['run']}" in cohort_log for row in rows)

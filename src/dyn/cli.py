@@ -190,8 +190,8 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
 @device_option
 @threads_option
 def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, epochs, seed, teacher_arch,
-            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every, sample, sample_seed,
-            dataset_cfg, train_cfg, device, threads):
+            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every, sample,
+            sample_seed, dataset_cfg, train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) on one data stream
     and one teacher forward, or one student, and write each run's directory."""
     _setup(threads)
