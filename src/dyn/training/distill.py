@@ -131,11 +131,11 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
             for i in [i for i, is_kept in enumerate(kept) if is_kept]:
                 finished.restore(finished_dir, specs[i].run_id, out_dirs[i])
                 summaries[i] = json.loads((out_dirs[i] / "summary.json").read_text())
-        train = [i for i, is_kept in enumerate(kept) if not is_kept]
-        if train:
-            written = _train_cohort([setups[i] for i in train], [out_dirs[i] for i in train], [keys[i] for i in train],
-                                    world, state_path, finished_dir, started)
-            summaries.update(zip(train, written or []))
+        to_train = [i for i, is_kept in enumerate(kept) if not is_kept]
+        if to_train:
+            written = _train_cohort([setups[i] for i in to_train], [out_dirs[i] for i in to_train],
+                                    [keys[i] for i in to_train], world, state_path, finished_dir, started)
+            summaries.update(zip(to_train, written or []))
         if world.is_main:
             clear_state(state_path)
         return [summaries[i] for i in range(len(specs))] if world.is_main else None
