@@ -24,15 +24,16 @@ def spectrum(a, channel_axis=1):
     return out / len(vectors)
 
 
-def entropy(a, bins=100, channel_axis=1):
-    """Mean over positions of -sum p log2 p of numpy.histogram(v, bins)."""
+def entropy(a, bins=100, channel_axis=1, value_range=None):
+    """Mean over positions of -sum p log2 p of numpy.histogram(v, bins, range=value_range), p = counts / their sum
+    (`value_range` None: each vector's own min..max)."""
     values = []
     for v in positions(a, channel_axis):
-        counts, _ = np.histogram(v, bins=bins)
+        counts, _ = np.histogram(v, bins=bins, range=value_range)
         e = 0.0
         for count in counts:
             if count > 0:
-                p = count / len(v)
+                p = count / counts.sum()
                 e -= p * math.log2(p)
         values.append(e)
     return sum(values) / len(values)

@@ -3,6 +3,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import reference
 import timm
 import torch
 import xarray as xr
@@ -94,10 +95,50 @@ def test_streaming_equals_in_memory(tmp_path, arch, chunk):
     with torch.inference_mode():
         maps = features(model, x)
     streamed = metrics.stream_metrics(path, metrics.METRICS, bins=100, samples_per_block=chunk)
+    vector = metrics.stream_metrics(path, ("entropy",), bins=100, samples_per_block=chunk, entropy_range="vector")
+    bounds = metrics.global_range(maps)
+    assert streamed["entropy_range"] == bounds and vector["entropy_range"] is None
     for layer, fmap in enumerate(maps):
         np.testing.assert_allclose(streamed["spectrum"][layer], metrics.channel_spectrum(fmap), rtol=1e-6)
-        assert streamed["entropy"][layer] == pytest.approx(metrics.channel_entropy(fmap), rel=1e-12)
+        assert streamed["entropy"][layer] == pytest.approx(metrics.channel_entropy(fmap, value_range=bounds), rel=1e-12)
+        assert vector["entropy"][layer] == pytest.approx(metrics.channel_entropy(fmap), rel=1e-12)
         assert streamed["magnitude"][layer] == pytest.approx(metrics.activation_magnitude(fmap), rel=1e-9)
+
+
+def authors_entropy(maps, bins=100):
+    """The authors' per-layer entropy of a model's maps: every channel vector of every layer binned over the
+    min..max of all of them (`np.histogram(v, bins, range=(min, max))`, log2), averaged over images and
+    positions; a loop over positions, as their code."""
+    low = min(m.min() for m in maps)
+    high = max(m.max() for m in maps)
+    return [reference.entropy(m, bins=bins, value_range=(low, high)) for m in maps]
+
+
+@pytest.mark.parametrize("arch", ["deit_digits", "resnet_digits"])  # a CNN: stages NaN-padded in the file
+def test_entropy_file_is_the_authors_entropy(tmp_path, arch):
+    model, x, path = _capture(tmp_path, arch, n=3)
+    with torch.inference_mode():
+        maps = [m.numpy() for m in features(model, x)]
+    out = metrics.write_metric(path, "entropy", tmp_path / "entropy.nc")
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_allclose(ds["entropy"].values, authors_entropy(maps), rtol=1e-9)
+        assert ds.attrs["entropy_range"] == "global" and ds.attrs["bins"] == 100
+        assert (ds.attrs["range_min"], ds.attrs["range_max"]) == (min(m.min() for m in maps), max(m.max() for m in maps))
+
+
+def test_capture_keeps_its_range_and_a_file_without_it_is_read_for_it(tmp_path):
+    model, x, path = _capture(tmp_path, "resnet_digits", n=5, chunk=2)
+    with torch.inference_mode():
+        maps = [m.numpy() for m in features(model, x)]
+    bounds = (min(m.min() for m in maps), max(m.max() for m in maps))
+    with xr.open_dataset(path) as ds:
+        assert (ds.attrs["value_min"], ds.attrs["value_max"]) == bounds
+    import netCDF4
+
+    with netCDF4.Dataset(path, "a") as root:  # as an older dyn wrote it
+        root.delncattr("value_min")
+        root.delncattr("value_max")
+    assert metrics.capture_range(path) == bounds
 
 
 def test_one_pass_equals_one_metric_at_a_time(tmp_path):
@@ -134,6 +175,10 @@ def test_metric_files(tmp_path):
         assert (tmp_path / f"{name}.csv").read_text().startswith("layer,")
     with xr.open_dataset(tmp_path / "entropy.nc") as ds:
         assert ds.attrs["bins"] == 100
+    with xr.open_dataset(tmp_path / "spectrum.nc") as ds:  # the authors' "average frequency intensity"
+        for layer, c in enumerate(ds["channels"].values):
+            assert ds["intensity"][layer] == pytest.approx(float(ds["spectrum"][layer, :c].mean()), rel=1e-12)
+    assert (tmp_path / "spectrum.csv").read_text().startswith("layer,frequency,spectrum,intensity,")
 
 
 def test_a_capture_that_fails_part_way_leaves_no_file(tmp_path):

@@ -100,3 +100,24 @@ def test_digits_augmentation_moves_the_digit_and_keeps_its_shape():
     assert sum(not torch.equal(x, plain[i][0]) for i, x in enumerate(moved)) > 25
     torch.manual_seed(0)
     assert all(torch.equal(train[i][0], moved[i]) for i in range(50)), "the same draws give the same images"
+
+
+def test_imagenet_analysis_transform_is_the_authors(tmp_path):
+    # Resize(256) of the short side, bilinear, CenterCrop(224), ImageNet mean and std: the authors'
+    # val_transform, written out with torchvision.
+    import timm
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from dyn.data import analysis_transform
+
+    authors = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                  transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    ours = analysis_transform(timm.create_model("resnet18"), "imagenet")
+    rng = np.random.default_rng(0)
+    for size in [(300, 400), (517, 333), (256, 256)]:
+        image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        torch.testing.assert_close(ours(image), authors(image), rtol=0, atol=0)
+    with pytest.raises(UserError, match="takes 1x8x8: use analysis.transform: model"):
+        analysis_transform(timm.create_model("deit_digits"), "imagenet")

@@ -77,27 +77,93 @@ def test_spectral_loss_runs_in_float32_under_bfloat16():
     assert losses.spectral_loss([s], [t]).dtype == torch.float32
 
 
-def test_projector_shapes_and_loss():
-    projector = losses.ChannelProjector([32, 48], [64, 96])
-    student = [_maps(2, 32, 4, 4), _maps(2, 48, 4, 4, seed=1)]
-    projected = projector(student)
-    assert [tuple(p.shape) for p in projected] == [(2, 64, 4, 4), (2, 96, 4, 4)]
-    teacher = [_maps(2, 64, 4, 4, seed=2), _maps(2, 96, 4, 4, seed=3)]
-    loss = losses.projector_loss(projected, teacher)
-    expected = (F.mse_loss(projected[0], teacher[0]) + F.mse_loss(projected[1], teacher[1])) / 2
-    torch.testing.assert_close(loss, expected)
-    loss.backward()
-    assert all(p.grad is not None for p in projector.parameters())
+def _standardise(x, eps=1e-5):
+    # BatchNorm2d in training mode by hand: each channel over (batch, y, x), biased variance
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
 
 
-def test_projector_is_a_linear_map_over_channels():
-    projector = losses.ChannelProjector([3], [5])
-    x = _maps(1, 3, 2, 2)
-    linear = projector.maps[0]
-    y = projector([x])[0]
-    for i in range(2):
-        for j in range(2):
-            torch.testing.assert_close(y[0, :, i, j], linear.weight @ x[0, :, i, j] + linear.bias)
+def _projector_reference(student_maps, teacher_maps, linears):
+    total = 0.0
+    for s, t, linear in zip(student_maps, teacher_maps, linears):
+        b, _, h, w = s.shape
+        projected = torch.zeros(b, linear.weight.shape[0], h, w)
+        for i in range(b):
+            for y in range(h):
+                for x in range(w):
+                    projected[i, :, y, x] = linear.weight @ s[i, :, y, x] + linear.bias
+        total = total + ((_standardise(projected) - _standardise(t)) ** 2).mean()
+    return total / len(student_maps)
+
+
+@pytest.mark.parametrize("student_channels, teacher_channels", [([6], [10]), ([6, 4], [10, 7])])
+def test_projector_loss_matches_its_definition(student_channels, teacher_channels):
+    # a per-position matrix product, batch-statistics standardisation of both sides, MSE; no FFT
+    projector = losses.ChannelProjector(student_channels, teacher_channels)
+    student = [_maps(3, c, 2, 3, seed=i) for i, c in enumerate(student_channels)]
+    teacher = [_maps(3, c, 2, 3, seed=10 + i) for i, c in enumerate(teacher_channels)]
+    got = losses.projector_loss(projector(student), teacher, projector.teacher_norms)
+    with torch.no_grad():
+        expected = _projector_reference(student, teacher, projector.maps)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_projector_pools_a_larger_teacher_grid_before_normalising():
+    projector = losses.ChannelProjector([4], [6])
+    student, teacher = _maps(2, 4, 2, 2), _maps(2, 6, 4, 4, seed=1)
+    got = losses.projector_loss(projector([student]), [teacher], projector.teacher_norms)
+    with torch.no_grad():
+        expected = _projector_reference([student], [F.avg_pool2d(teacher, 2)], projector.maps)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_projector_freezes_what_the_method_does_not_train_but_passes_gradients(trainable):
+    projector = losses.ChannelProjector([4, 5], [8, 6], trainable=trainable)
+    student = [_maps(2, 4, 3, 3).requires_grad_(), _maps(2, 5, 3, 3, seed=1).requires_grad_()]
+    teacher = [_maps(2, 8, 3, 3, seed=2), _maps(2, 6, 3, 3, seed=3)]
+    losses.projector_loss(projector(student), teacher, projector.teacher_norms).backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    trained = {name for name, p in projector.named_parameters() if p.requires_grad}
+    assert trained == ({f"{part}.{i}.{kind}" for part in ("maps", "student_norms") for i in (0, 1)
+                        for kind in ("weight", "bias")} if trainable else set())
+    for norm in [*projector.student_norms, *projector.teacher_norms]:  # affines start at identity
+        assert (norm.weight == 1).all() and (norm.bias == 0).all()
+
+
+def test_projector_loss_runs_in_float32_under_bfloat16_autocast():
+    projector = losses.ChannelProjector([4], [6], trainable=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projected = projector([_maps(2, 4, 3, 3)])
+        loss = losses.projector_loss(projected, [_maps(2, 6, 3, 3, seed=1).bfloat16()], projector.teacher_norms)
+    assert projected[0].dtype == loss.dtype == torch.float32 and math.isfinite(loss.item())
+
+
+def test_projector_initialisation_is_pytorchs_default_from_the_seed():
+    import timm
+
+    from dyn.training.task import LayerDistillationTask
+
+    teacher = timm.create_model("cait_digits").eval()
+
+    def build(seed, method="projector"):
+        torch.manual_seed(seed)
+        student = timm.create_model("deit_digits")
+        return LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], method, beta=0.2).projector()
+
+    first, again, other = build(1), build(1), build(2)
+    for a, b, c in zip(first.maps, again.maps, other.maps):
+        torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
+        assert not torch.equal(a.weight, c.weight)
+    # the same draws as a plain nn.Linear made right after the student in the same stream
+    torch.manual_seed(1)
+    timm.create_model("deit_digits")
+    reference = [torch.nn.Linear(32, 64), torch.nn.Linear(32, 64)]  # deit_digits 32 wide, cait_digits 64
+    for linear, ref in zip(first.maps, reference):
+        torch.testing.assert_close(linear.state_dict(), ref.state_dict(), rtol=0, atol=0)
+    trained = build(1, "projector_trained")  # the variant draws the same initial projection
+    torch.testing.assert_close(trained.state_dict(), first.state_dict(), rtol=0, atol=0)
 
 
 def test_soft_kd_loss_matches_formula():

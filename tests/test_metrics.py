@@ -82,6 +82,37 @@ def test_histogram_counts_agree_with_numpy_histogram(rng, dtype, bins, c):
     assert len(moved) >= 59 and sum(m > 0 for m in moved) <= 2 and max(moved) <= 2
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bins", [1, 7, 100])
+def test_global_range_entropy_matches_a_loop_of_numpy_histogram(rng, dtype, bins):
+    # The authors' definition: every channel vector binned over one range, the min..max of all the data.
+    a = awkward_block(rng, (3, 37, 20), dtype)[..., :-1]  # minus the far-off vector: it would own the range
+    low, high = a.min(), a.max()
+    got = metrics.channel_entropy(a, bins=bins, value_range=(low, high))
+    assert got == pytest.approx(reference.entropy(a, bins=bins, value_range=(low, high)), rel=1e-9)
+    counts = metrics.histogram_counts(a, bins, (low, high))
+    for s in range(3):
+        for p in range(19):
+            np.testing.assert_array_equal(counts[s, p], np.histogram(a[s, :, p], bins=bins, range=(low, high))[0])
+
+
+def test_global_range_is_scale_dependent_and_vector_range_is_not(rng):
+    a = rng.standard_normal((2, 64, 10)).astype(np.float32)
+    wide = np.concatenate([a, 10 * a], axis=2)  # the same vectors and ten times larger ones, one range for all
+    bounds = metrics.global_range([wide])
+    small, large = (metrics.channel_entropy(part, value_range=bounds) for part in (wide[..., :10], wide[..., 10:]))
+    assert small < large - 1  # the small vectors fill fewer of the shared bins
+    assert metrics.channel_entropy(wide[..., :10]) == pytest.approx(metrics.channel_entropy(wide[..., 10:]), rel=1e-5)
+
+
+def test_global_range_refuses_values_outside_it(rng):
+    a = rng.standard_normal((2, 9, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="outside the entropy range"):
+        metrics.channel_entropy(a, value_range=(a.min() + 0.1, a.max()))
+    constant = np.full((1, 5, 2), 2.0, dtype=np.float32)  # a one-value range widens by 0.5 each way, as numpy's
+    assert metrics.channel_entropy(constant, value_range=(2.0, 2.0)) == 0.0
+
+
 def test_entropy_of_non_finite_values_raises(rng):
     for bad in (np.nan, np.inf, -np.inf):
         x = rng.standard_normal((2, 9, 4)).astype(np.float32)

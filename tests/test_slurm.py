@@ -42,7 +42,7 @@ COHORT_RUNS = ["spectral_First1+Last1_b0.2_e6_s0", "softkd_none_b0_e6_s0"]
 # Submitted with sbatch: the capture and the three metric jobs of a model as one group job
 # (group "analysis"); Table 1 and the figures are localrules, run beside Snakemake.
 SUBMITTED = ["fetch", "group_analysis", "distill"]
-LOCAL = ["table1", "figure_profiles", "figure_spectrum", "figure_evolution"]
+LOCAL = ["table1", "figure_profiles", "figure_spectrum", "figure_evolution", "figure_curves"]
 
 
 @dataclass

@@ -65,3 +65,30 @@ def test_files_and_the_papers_values_beside_the_summary(tmp_path):
     md = (tmp_path / "table1.md").read_text()
     assert "| spectral | Last1 | 0.2 | 300 | 3 | 76.67 ± 2.08 | -0.33 (-3.20 to +2.54) | 77.33 | 76.83 |" in md
     assert "| softkd | none | 0 | 300 | 3 |" in md and "76.99 |" in md
+
+
+def test_papers_top1_holds_last1_at_beta_0_1_from_the_text():
+    assert tables.PAPER_TOP1[("spectral", "Last1", 0.1, 300)] == 76.48
+    md = tables.markdown(tables.summary_rows(tables.table1_rows([_summary("spectral", "Last1", 0.1, 300, 0, 76.0,
+                                                                          76.2)])), *tables.PAPER.values())
+    assert "| 76.48 |" in md
+
+
+def test_paper_top1_at_epoch_is_the_authors_final_epoch_where_the_setup_is_theirs(tmp_path):
+    # The authors' logs (dyn/paper/logs.csv): SoftKD.txt ends at 76.946..., SpectralKD_Last_1.txt at 76.790...
+    rows = {r["run"]: r for r in tables.table1_rows(SUMMARIES)}
+    assert rows["softkd_none_b0_e300_s1"]["paper_top1_at_epoch"] == pytest.approx(76.94600279174804)
+    assert rows["spectral_Last1_b0.2_e300_s0"]["paper_top1_at_epoch"] == pytest.approx(76.79000257324219)
+    assert rows["spectral_First1_b0.2_e300_s0"]["paper_top1_at_epoch"] == pytest.approx(77.00200234985351)
+    others = [_summary("spectral", "Last1", 0.1, 300, 0, 76.0, 76.2),  # the paper's text only: no log
+              _summary("softkd", "none", 0.0, 30, 0, 50.0, 50.0),  # not the paper's epochs
+              {**_summary("softkd", "none", 0.0, 300, 0, 70.0, 70.0), "teacher": "resnet50"},
+              {**_summary("softkd", "none", 0.0, 300, 0, 70.0, 70.0), "student": "deit_small_patch16_224"}]
+    assert [r["paper_top1_at_epoch"] for r in tables.table1_rows(others)] == [None] * 4
+    paths = []
+    for i, s in enumerate(SUMMARIES + others[:1]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(s))
+    tables.write_table1(paths, tmp_path / "table1.csv")
+    written = {r["run"]: r["paper_top1_at_epoch"] for r in csv.DictReader((tmp_path / "table1.csv").open())}
+    assert written["softkd_none_b0_e300_s2"] == "76.9460" and written["spectral_Last1_b0.1_e300_s0"] == ""

@@ -252,3 +252,40 @@ def test_a_random_stream_draws_what_a_seeded_process_draws_and_leaves_the_global
     np.random.seed(7)
     assert torch.equal(first[0], torch.rand(3)) and first[1] == random.random() and first[2] == np.random.rand()
     assert torch.equal(second, torch.rand(3))
+
+
+@pytest.mark.parametrize("method", ["projector", "projector_trained"])
+def test_one_optimiser_step_trains_the_projection_only_under_projector_trained(method):
+    # `projector` is the authors' code: the projection and both BatchNorm affines are never in the
+    # optimiser, yet the student learns through them; `projector_trained` trains the projection and
+    # the student-side affine, never the teacher-side one (a trainable target would collapse the loss).
+    from dyn.training.recipe import make_optimizer
+    from dyn.training.task import LayerDistillationTask, SharedTeacher
+
+    torch.manual_seed(0)
+    teacher_model = timm.create_model("cait_digits").eval()
+    task = LayerDistillationTask(timm.create_model("deit_digits"), teacher_model, [(0, 0), (7, 11)], method,
+                                 beta=0.2).train()
+    optimizer = make_optimizer(task.trainable_module, Recipe(**RECIPE))
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    names = {id(p): name for name, p in task.trainable_module.named_parameters()}
+    projector_names = {names[i] for i in in_optimizer if names[i].startswith("projector.")}
+    before = {k: v.clone() for k, v in task.trainable_module.state_dict().items()}
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    out = task(x, y, SharedTeacher([task])(x))
+    optimizer.zero_grad()
+    out["loss"].backward()
+    optimizer.step()
+    after = task.trainable_module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = {f"projector.{part}.{i}.{kind}" for part in ("maps", "student_norms") for i in (0, 1)
+               for kind in ("weight", "bias")}
+    assert "student.blocks.0.attn.qkv.weight" in changed and out["feat_loss"] > 0
+    # the batch statistics of both sides' BatchNorms move in either method
+    assert {"projector.student_norms.0.running_mean", "projector.teacher_norms.1.running_var"} <= changed
+    if method == "projector":
+        assert projector_names == set() and not changed & trained
+    else:
+        # the biases' gradients vanish (a BatchNorm follows the projection; both sides are centred): weights only
+        assert projector_names == trained and {k for k in trained if k.endswith("weight")} <= changed
+    assert not any(k.startswith("projector.teacher_norms.") and k.endswith(("weight", "bias")) for k in changed)

@@ -45,7 +45,7 @@ def test_dry_run_of_the_default_config(repo, env):
     # 39 runs in 6 cohorts: 11 runs of 20 epochs and 2 of 40, in each of 3 seeds.
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
                       "phases": 3, "distill": 6, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
-                      "figure_spectrum": 3, "figure_evolution": 1, "total": 32}
+                      "figure_spectrum": 3, "figure_evolution": 1, "figure_curves": 1, "total": 33}
     cohorts = cohorts_listed(result.stdout)
     assert sorted(cohorts) == [f"cohort_e{e}_s{s}" for e in (20, 40) for s in range(3)]
     assert cohorts["cohort_e40_s1"] == ["softkd_none_b0_e40_s1", "spectral_Last1_b0.2_e40_s1"]
@@ -102,8 +102,8 @@ def test_dry_run_of_the_paper_config(repo, env):
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {"fetch": 5, "capture": 5, "spectrum": 5, "entropy": 5, "magnitude": 5,
                                          "phases": 5, "distill": 2, "table1": 1, "figure_profiles": 1,
-                                         "figure_phases": 1, "figure_spectrum": 5, "figure_evolution": 1, "all": 1,
-                                         "total": 42}
+                                         "figure_phases": 1, "figure_spectrum": 5, "figure_evolution": 1,
+                                         "figure_curves": 1, "all": 1, "total": 43}
     # The paper's 9 students of 300 epochs (and our 2 beyond it) in one cohort, its 2 of 500 in another.
     assert {k: len(v) for k, v in cohorts_listed(result.stdout).items()} == {"cohort_e300_s0": 11, "cohort_e500_s0": 2}
     # Four GPUs per cohort: each starts torchrun on four free GPU slots.
@@ -167,7 +167,7 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert json.loads((results / "runs" / "lowpass_Last1_b0.2_e2_s0" / "summary.json").read_text())["lowpass_keep"] == 0.25
 
     assert not (tmp_path / "resources" / "checkpoints" / "deit.safetensors").exists()  # the student is not analysed
-    for name in ["profiles", "phases", "evolution", "spectrum_cait", "spectrum_resnet"]:
+    for name in ["profiles", "phases", "evolution", "curves", "spectrum_cait", "spectrum_resnet"]:
         for fmt in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
 
@@ -207,10 +207,10 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     report = snakemake(["--report", "results/report.html", *workflow], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
-    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png",
+    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png", "curves.png",
                  "spectrum_cait.png", "spectrum_resnet.png"] + [f"{m}/phases.csv" for m in depth]:
         assert name in html, name
-    assert html.count('"data_uri": "data:image/png;') == 5 and html.count('"data_uri": "data:text/csv;') == 4
+    assert html.count('"data_uri": "data:image/png;') == 6 and html.count('"data_uri": "data:text/csv;') == 4
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html
     assert "Phases of resnet" in html and "low-pass score" in html
 

@@ -48,7 +48,14 @@ sample_options = [
     click.option("--sample", type=click.Choice(["stratified", "first"]), default="stratified", show_default=True,
                  help="How the fixed validation images are chosen: round-robin over classes, or the first N."),
     click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of the stratified choice."),
+    click.option("--transform", type=click.Choice(["model", "imagenet"]), default="model", show_default=True,
+                 help="The images' transform: each model's own timm evaluation transform, or the authors' "
+                      "(Resize 256 bilinear, CenterCrop 224, ImageNet mean and std)."),
 ]
+entropy_range_option = click.option(
+    "--entropy-range", type=click.Choice(["global", "vector"]), default="global", show_default=True,
+    help="The entropy's 100 bins span the min..max of all layers and images (the authors' code) or each "
+         "channel vector's own.")
 
 
 def _with(options):
@@ -104,13 +111,13 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 @device_option
 @threads_option
 def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, sample, sample_seed,
-            dataset_cfg, device, threads):
+            transform, dataset_cfg, device, threads):
     """Write the per-layer activations of N fixed validation images to NetCDF."""
     _setup(threads)
     from .analysis.capture import capture_checkpoint
 
     capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
-                       compression_level, device, sample, sample_seed, progress=_progress())
+                       compression_level, device, sample, sample_seed, progress=_progress(), transform=transform)
     log.info("wrote %s", out)
 
 
@@ -128,11 +135,13 @@ def _metric_command(name: str):
                   help="Entropy histogram bins.")
     @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Threads of the spectrum's FFT.")
-    def command(capture_path, out, bins, threads):
+    @entropy_range_option
+    def command(capture_path, out, bins, threads, entropy_range):
         _setup(None)  # no torch here
         from .analysis.metrics import write_metric
 
-        write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads)
+        write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads,
+                     entropy_range=entropy_range)
         log.info("wrote %s", out)
 
     return command
@@ -184,14 +193,15 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
               help="Fixed validation images for the entropy snapshots.")
 @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--evolution-every", type=click.IntRange(min=0), default=30, show_default=True)
+@entropy_range_option
 @_with(sample_options)
 @dataset_option
 @train_option
 @device_option
 @threads_option
 def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, epochs, seed, teacher_arch,
-            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every, sample,
-            sample_seed, dataset_cfg, train_cfg, device, threads):
+            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every,
+            entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) on one data stream
     and one teacher forward, or one student, and write each run's directory."""
     _setup(threads)
@@ -207,7 +217,7 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, e
         raise UserError("--method needs --epochs")
     specs = (cohort_from_json(runs_json, epochs, seed) if runs_json is not None
              else [RunSpec(method, layer_spec, beta, epochs, seed)])
-    snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed)
+    snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed, entropy_range, transform)
     summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
                             state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
@@ -248,13 +258,15 @@ def _formats(value: str) -> list[str]:
 @report.command("profiles")
 @click.option("--entropy", "entropy_files", multiple=True, required=True, type=click.Path(exists=True))
 @click.option("--magnitude", "magnitude_files", multiple=True, required=True, type=click.Path(exists=True))
+@click.option("--spectrum", "spectrum_files", multiple=True, type=click.Path(exists=True),
+              help="Spectrum .nc files: adds a panel of each model's average frequency intensity.")
 @click.option("--out", required=True, help="Output path without extension.")
 @formats_option
-def report_profiles(entropy_files, magnitude_files, out, formats):
-    """Per-layer entropy and magnitude curves of several models."""
+def report_profiles(entropy_files, magnitude_files, spectrum_files, out, formats):
+    """Per-layer entropy, magnitude (and frequency intensity) curves of several models."""
     from .report.figures import profiles
 
-    profiles(entropy_files, magnitude_files, out, _formats(formats))
+    profiles(entropy_files, magnitude_files, out, _formats(formats), spectrum_files=spectrum_files)
 
 
 @report.command("phases")
@@ -288,6 +300,18 @@ def report_evolution(evolution_files, out, formats):
     from .report.figures import evolution
 
     evolution(evolution_files, out, _formats(formats))
+
+
+@report.command("curves")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, help="Output path without extension.")
+@formats_option
+def report_curves(summaries, out, formats):
+    """Top-1 against epoch of each grid point, from run summary.json files (and the log.csv beside each),
+    with the authors' curve where the setup is the paper's."""
+    from .report.figures import curves
+
+    curves(summaries, out, _formats(formats))
 
 
 @cli.command("gpu-run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -199,6 +199,30 @@ def build_transform(model: torch.nn.Module, train: bool, recipe: dict | None = N
     )
 
 
+TRANSFORMS = ("model", "imagenet")
+# The authors' analysis transform (Analysis_Code/spectrum_and_entrop_analysis.py): Resize(256) of the short
+# side, bilinear, CenterCrop(224), ImageNet mean and std, for every model.
+IMAGENET_ANALYSIS = dict(input_size=(3, 224, 224), crop_pct=224 / 256, crop_mode="center", interpolation="bilinear")
+
+
+def analysis_transform(model: torch.nn.Module, how: str = "model", recipe: dict | None = None) -> Callable:
+    """The transform of the fixed analysis images: `model`, the model's own timm evaluation transform
+    (with the recipe's crop and interpolation where given); `imagenet`, the authors' protocol, the
+    same for every model, built by timm's transform factory."""
+    if how == "model":
+        return build_transform(model, False, recipe)
+    if how != "imagenet":
+        raise UserError(f"unknown analysis.transform '{how}': valid are {', '.join(TRANSFORMS)}")
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+
+    takes = tuple(resolve_data_config(model=model)["input_size"])
+    if takes[0] != 3:
+        raise UserError(f"analysis.transform 'imagenet' makes 3x224x224 RGB images (the authors' protocol) but the "
+                        f"model takes {'x'.join(map(str, takes))}: use analysis.transform: model")
+    return create_transform(**IMAGENET_ANALYSIS, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                            is_training=False)
+
+
 def digits_augmentation(then: Callable) -> Callable:
     """Small random affine moves that keep an 8x8 digit a digit (up to 10 degrees of rotation, one
     pixel of shift, 10% of scale; no flips: a flipped 2 is no digit), then the model's own `then`."""

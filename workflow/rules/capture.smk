@@ -21,6 +21,7 @@ rule capture:
         num_images=ANALYSIS["num_images"],
         sample=ANALYSIS["sample"],
         sample_seed=ANALYSIS["sample_seed"],
+        transform=ANALYSIS["transform"],
         dtype=ANALYSIS["dtype"],
         chunk=ANALYSIS["samples_per_chunk"],
         level=ANALYSIS["compression_level"],
@@ -32,6 +33,6 @@ rule capture:
     shell:
         "{params.launch} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
         " --out {output} --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
-        " --dtype {params.dtype}"
+        " --transform {params.transform} --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"
         " --dataset {params.dataset:q} --device {params.device} --threads {threads} > {log} 2>&1"

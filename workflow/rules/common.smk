@@ -72,7 +72,7 @@ def teacher_phases(spec):
 
 
 def figure_paths():
-    names = ["profiles", "phases", "evolution"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
+    names = ["profiles", "phases", "evolution", "curves"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FORMATS]
 
 

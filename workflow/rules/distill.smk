@@ -40,6 +40,8 @@ for cohort_id, specs in COHORTS.items():
             sample=ANALYSIS["sample"],
             sample_seed=ANALYSIS["sample_seed"],
             bins=ANALYSIS["entropy_bins"],
+            entropy_range=ANALYSIS["entropy_range"],
+            transform=ANALYSIS["transform"],
             every=config["distill"]["evolution_every"],
             device=config["device"],
             launch=launcher(RUN_GPUS),
@@ -60,6 +62,7 @@ for cohort_id, specs in COHORTS.items():
             " --student-arch {params.student_arch:q} --runs-dir results/runs --state {params.state}"
             " {params.finished}"
             " --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
-            " --bins {params.bins} --evolution-every {params.every}"
+            " --transform {params.transform} --bins {params.bins} --entropy-range {params.entropy_range}"
+            " --evolution-every {params.every}"
             " --dataset {params.dataset:q} --train {params.train:q} --device {params.device}"
             " --threads {threads} > {log} 2>&1"

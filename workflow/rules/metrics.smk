@@ -32,10 +32,11 @@ rule entropy:
         "../envs/dyn.yaml"
     params:
         bins=ANALYSIS["entropy_bins"],
+        entropy_range=ANALYSIS["entropy_range"],
     threads: 1
     shell:
         "dyn metrics entropy --capture {input} --out {output.nc} --bins {params.bins}"
-        " --threads {threads} > {log} 2>&1"
+        " --entropy-range {params.entropy_range} --threads {threads} > {log} 2>&1"
 
 
 rule magnitude:

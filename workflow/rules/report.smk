@@ -20,6 +20,7 @@ rule figure_profiles:
     input:
         entropy=expand("results/metrics/{model}/entropy.nc", model=ANALYSIS["models"]),
         magnitude=expand("results/metrics/{model}/magnitude.nc", model=ANALYSIS["models"]),
+        spectrum=expand("results/metrics/{model}/spectrum.nc", model=ANALYSIS["models"]),
     output:
         reported("results/figures/profiles.{fmt}", "profiles", "Analysis", "../report/profiles.rst"),
     log:
@@ -29,9 +30,10 @@ rule figure_profiles:
     params:
         entropy=lambda wc, input: " ".join(f"--entropy {p}" for p in input.entropy),
         magnitude=lambda wc, input: " ".join(f"--magnitude {p}" for p in input.magnitude),
+        spectrum=lambda wc, input: " ".join(f"--spectrum {p}" for p in input.spectrum),
         formats=",".join(FORMATS),
     shell:
-        "dyn report profiles {params.entropy} {params.magnitude} --out results/figures/profiles"
+        "dyn report profiles {params.entropy} {params.magnitude} {params.spectrum} --out results/figures/profiles"
         " --formats {params.formats} > {log} 2>&1"
 
 
@@ -80,3 +82,19 @@ rule figure_evolution:
         formats=",".join(FORMATS),
     shell:
         "dyn report evolution {input} --out results/figures/evolution --formats {params.formats} > {log} 2>&1"
+
+
+rule figure_curves:
+    input:
+        summaries=expand("results/runs/{run}/summary.json", run=RUNS),
+        logs=expand("results/runs/{run}/log.csv", run=RUNS),  # read beside each summary
+    output:
+        reported("results/figures/curves.{fmt}", "curves", "Distillation", "../report/curves.rst"),
+    log:
+        "results/logs/report/curves.log",
+    conda:
+        "../envs/dyn.yaml"
+    params:
+        formats=",".join(FORMATS),
+    shell:
+        "dyn report curves {input.summaries} --out results/figures/curves --formats {params.formats} > {log} 2>&1"

@@ -4,7 +4,8 @@ The file contract (README, "What comes out"): variable `activation` with dims (l
 channel, y, x), chunked by (1 layer, a block of samples), with the standard zlib + shuffle filters
 when compressed; coords `layer`, `sample` (index into the dataset split) and `label` (its class);
 attrs model, arch, checkpoint_sha256, dataset, split,
-layer_kind, dyn_version, created. Layers of different shapes (CNN stages) share the array: each is
+layer_kind, dyn_version, created, and value_min / value_max (the range of every real value: the
+entropy's global range, kept so the entropy needs one pass). Layers of different shapes (CNN stages) share the array: each is
 stored in the leading (channels, height, width) corner, the rest is NaN, and the per-layer coords
 `channels`, `height` and `width` say how much of the corner is real. Files are written and read
 through netCDF4, one block of samples of one layer at a time, so memory stays one block. Reading
@@ -51,6 +52,7 @@ class CaptureWriter:
         self.path, self.layer_shapes, self.samples = Path(path), [tuple(s) for s in layer_shapes], list(samples)
         self.attrs, self.dtype, self.level = attrs, dtype, compression_level
         self.chunk = min(samples_per_chunk, len(self.samples))
+        self.low, self.high = np.inf, -np.inf  # over every stored value: the entropy's global range
 
     def __enter__(self) -> "CaptureWriter":
         import netCDF4
@@ -65,6 +67,8 @@ class CaptureWriter:
         """Samples start.. of one layer: a (samples, C, H, W) array of that layer's own shape, NaN-padded
         here to the widest layer's, so that every write covers whole chunks."""
         shape = (block.shape[0], *self._variable.shape[2:])
+        stored = block.astype(DTYPES[self.dtype], copy=False)  # float16 captures: the range of the rounded values
+        self.low, self.high = min(self.low, float(stored.min())), max(self.high, float(stored.max()))
         with self._failing_writes():
             self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
 
@@ -85,6 +89,8 @@ class CaptureWriter:
     def __exit__(self, *exc) -> None:
         try:
             with self._failing_writes():
+                if exc[0] is None and np.isfinite([self.low, self.high]).all():  # `dyn metrics entropy` reads it
+                    self._root.setncatts({"value_min": np.float32(self.low), "value_max": np.float32(self.high)})
                 self._root.close()
         except BaseException as error:  # the last bytes did not reach the disk: keep no file
             self._atomic.__exit__(type(error), error, error.__traceback__)
@@ -124,19 +130,20 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
 def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out: str | os.PathLike,
                        dataset_cfg: dict, num_images: int = 64, dtype: str = "float32", samples_per_chunk: int = 16,
                        compression_level: int = 0, device: str = "auto", sample: str = "stratified",
-                       sample_seed: int = 0, progress: bool = False) -> Path:
+                       sample_seed: int = 0, progress: bool = False, transform: str = "model") -> Path:
     """`dyn capture`: a fetched checkpoint's activations on the fixed analysis images of the validation
-    split (`sample`: stratified over its classes, or the first `num_images`)."""
-    from ..data import analysis_images, build_dataset, build_transform, describe_sample
+    split (`sample`: stratified over its classes, or the first `num_images`; `transform`: the model's own
+    or the authors' `imagenet` protocol)."""
+    from ..data import analysis_images, analysis_transform, build_dataset, describe_sample
     from ..models import load_checkpoint, sha256_of
     from ..training.distributed import resolve_device
 
     model = load_checkpoint(arch, checkpoint)
-    val = build_dataset(dataset_cfg, "val", build_transform(model, train=False))
+    val = build_dataset(dataset_cfg, "val", analysis_transform(model, transform))
     images = analysis_images(val, num_images, sample, sample_seed)
     attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
              "dataset": dataset_cfg.get("name", "digits"), "split": "val",
-             "sample_selection": describe_sample(sample, len(images), sample_seed)}
+             "sample_selection": describe_sample(sample, len(images), sample_seed), "transform": transform}
     return capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
                    compression_level=compression_level, device=resolve_device(device), progress=progress)
 

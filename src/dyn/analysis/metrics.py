@@ -2,9 +2,12 @@
 
 For one layer's activations A with C channels at every position (sample, y, x):
 - spectrum:  F[k] = (1/C) sum_c A[c] exp(-2 pi i k c / C);  S[k] = mean over positions of |F[k]|
-- entropy:   the C values at a position counted into `bins` equal-width bins over their own
-             min..max (numpy.histogram's bins), p = counts / C, E = -sum_{p>0} p log2 p;
-             the layer's value is the mean of E over positions
+- entropy:   the C values at a position counted into `bins` equal-width bins, p = counts / C,
+             E = -sum_{p>0} p log2 p; the layer's value is the mean of E over positions. The bins span
+             one range for every vector (`global`, the authors' code: the minimum and maximum of the
+             whole capture, all layers, images, channels and positions; numpy.histogram(v, bins,
+             range=(min, max))) or each vector's own min..max (`vector`: numpy.histogram(v, bins))
+- intensity: the mean of S[k] over the C frequencies (the authors' "average frequency intensity")
 - magnitude: mean of |A| over all elements
 
 Every function reads a block as (samples, C, positions), the memory layout of a (samples, C, H, W)
@@ -21,6 +24,7 @@ from numpy.lib.array_utils import normalize_axis_index
 
 METRICS = ("spectrum", "entropy", "magnitude")
 DEFAULT_BINS = 100
+ENTROPY_RANGES = ("global", "vector")  # one range for the whole capture (the authors'), or each vector's own
 
 
 def channel_major(a, channel_axis: int = 1) -> np.ndarray:
@@ -46,21 +50,29 @@ def spectrum_total(x: np.ndarray, workers: int = 1) -> np.ndarray:
     return np.concatenate([half, half[1:c - c // 2][::-1]])  # real input: |F[k]| = |F[C - k]|
 
 
-def histogram_counts(x: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
-    """numpy.histogram(x[s, :, p], bins) counts for every position of a (samples, C, positions) block,
-    as (samples, positions, bins), computed for all positions at once.
+def histogram_counts(x: np.ndarray, bins: int = DEFAULT_BINS, value_range: tuple | None = None) -> np.ndarray:
+    """numpy.histogram(x[s, :, p], bins, range) counts for every position of a (samples, C, positions)
+    block, as (samples, positions, bins), computed for all positions at once.
 
-    As numpy.histogram: each position's range is its min..max (min - 0.5..max + 0.5 when constant),
-    a value's bin is (v - min) / (max - min) * bins, moved down or up one where it falls outside
-    that bin's edges min + k (max - min) / bins after rounding, and the maximum goes into the last bin.
+    `value_range`: (low, high) shared by every position (every value must lie in it), or None for each
+    position's own min..max. As numpy.histogram: a range of one value is widened to value -0.5..+0.5, a
+    value's bin is (v - low) / (high - low) * bins, moved down or up one where it falls outside that
+    bin's edges low + k (high - low) / bins after rounding, and the maximum goes into the last bin.
     """
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     samples, c, positions = x.shape
-    low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-    constant = low == high
-    low, high = np.where(constant, low - 0.5, low), np.where(constant, high + 0.5, high)
-    delta = (high - low).astype(x.dtype)
+    if value_range is None:
+        low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+        constant = low == high
+        low, high = np.where(constant, low - 0.5, low), np.where(constant, high + 0.5, high)
+    else:
+        low, high = (x.dtype.type(v) for v in value_range)  # numpy's edges are in the data's type
+        if low == high:
+            low, high = low - x.dtype.type(0.5), high + x.dtype.type(0.5)
+        if x.size and not (low <= x.min() and x.max() <= high):  # also False for NaN
+            raise ValueError(f"values outside the entropy range {low}..{high} (or not finite)")
+    delta = np.asarray(high - low, dtype=x.dtype)
     if not np.isfinite(delta).all() or not (delta > 0).all():
         raise ValueError("histogram of a channel vector with no finite range (NaN or inf values)")
     # numpy.histogram's arithmetic, in place (one block's worth of temporaries): the bin of v is
@@ -87,19 +99,19 @@ def histogram_counts(x: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return np.bincount(index.ravel(), minlength=samples * positions * bins).reshape(samples, positions, bins)
 
 
-def position_entropies(x: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+def position_entropies(x: np.ndarray, bins: int = DEFAULT_BINS, value_range: tuple | None = None) -> np.ndarray:
     """The Shannon entropy (bits) of each position's `bins`-bin histogram of a (samples, C, positions)
-    block, as (samples, positions)."""
+    block, as (samples, positions); `value_range` as in `histogram_counts`."""
     c = x.shape[1]
     p = np.arange(c + 1) / c
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log2(p), 0.0)  # -p log2 p for every possible count 0..C
-    return terms[histogram_counts(x, bins)].sum(axis=2)
+    return terms[histogram_counts(x, bins, value_range)].sum(axis=2)
 
 
-def entropy_total(x: np.ndarray, bins: int = DEFAULT_BINS) -> float:
+def entropy_total(x: np.ndarray, bins: int = DEFAULT_BINS, value_range: tuple | None = None) -> float:
     """Sum over the positions of a (samples, C, positions) block of their entropies."""
-    return float(position_entropies(x, bins).sum())
+    return float(position_entropies(x, bins, value_range).sum())
 
 
 def magnitude_total(x: np.ndarray) -> float:
@@ -107,15 +119,17 @@ def magnitude_total(x: np.ndarray) -> float:
     return float(np.abs(x).sum(dtype=np.float64))
 
 
-def block_sums(block, names=METRICS, bins: int = DEFAULT_BINS, workers: int = 1) -> dict[str, tuple]:
-    """{metric: (sum, number of positions or elements)} of one (samples, C, H, W) block (array or tensor)."""
+def block_sums(block, names=METRICS, bins: int = DEFAULT_BINS, workers: int = 1,
+               value_range: tuple | None = None) -> dict[str, tuple]:
+    """{metric: (sum, number of positions or elements)} of one (samples, C, H, W) block (array or tensor);
+    `value_range`: the entropy's bins' range (None: each vector's own)."""
     x = channel_major(block)
     positions = x.shape[0] * x.shape[2]
     sums = {}
     if "spectrum" in names:
         sums["spectrum"] = (spectrum_total(x, workers), positions)
     if "entropy" in names:
-        sums["entropy"] = (entropy_total(x, bins), positions)
+        sums["entropy"] = (entropy_total(x, bins, value_range), positions)
     if "magnitude" in names:
         sums["magnitude"] = (magnitude_total(x), x.size)
     return sums
@@ -128,10 +142,23 @@ def channel_spectrum(a, channel_axis: int = 1) -> np.ndarray:
     return spectrum_total(x) / (x.shape[0] * x.shape[2])
 
 
-def channel_entropy(a, bins: int = DEFAULT_BINS, channel_axis: int = 1) -> float:
-    """Mean over positions of the Shannon entropy (bits) of the channel vector's `bins`-bin histogram."""
+def channel_entropy(a, bins: int = DEFAULT_BINS, channel_axis: int = 1, value_range: tuple | None = None) -> float:
+    """Mean over positions of the Shannon entropy (bits) of the channel vector's `bins`-bin histogram,
+    over `value_range` (low, high) or, by default, each vector's own min..max."""
     x = channel_major(a, channel_axis)
-    return entropy_total(x, bins) / (x.shape[0] * x.shape[2])
+    return entropy_total(x, bins, value_range) / (x.shape[0] * x.shape[2])
+
+
+def global_range(blocks) -> tuple:
+    """(min, max) over every value of several arrays: the `global` entropy range of a set of layers."""
+    low, high = np.inf, -np.inf
+    for block in blocks:
+        x = channel_major(block)
+        if x.size:
+            low, high = min(low, x.min()), max(high, x.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("no finite values to take the entropy range of")
+    return low, high
 
 
 def activation_magnitude(a) -> float:
@@ -162,38 +189,64 @@ class LayerMeans:
         return out
 
 
+def capture_range(capture_path: str | Path, samples_per_block: int | None = None) -> tuple:
+    """The `global` entropy range of a capture file: (min, max) over every real value (all layers,
+    images, channels and positions; NaN padding excluded). `dyn capture` keeps it in the attributes
+    `value_min` and `value_max`; a file without them is read once to find it."""
+    import netCDF4
+
+    from .capture import iter_layer_blocks
+
+    try:
+        with netCDF4.Dataset(capture_path) as root:
+            kept = [getattr(root, name, None) for name in ("value_min", "value_max")]
+    except (OSError, ValueError):  # iter_layer_blocks says in one line what is wrong with the file
+        kept = [None]
+    if None not in kept:
+        return tuple(np.float32(v) for v in kept)
+    return global_range(block for _, block in iter_layer_blocks(capture_path, samples_per_block))
+
+
 def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_BINS,
-                   samples_per_block: int | None = None, progress: bool = False, workers: int = 1) -> dict:
+                   samples_per_block: int | None = None, progress: bool = False, workers: int = 1,
+                   entropy_range: str = "global") -> dict:
     """Per-layer values of several metrics of a capture file, in one pass over its blocks (memory: one
-    block). `workers` threads run the spectrum's FFT. Returns {name: values}: a list of per-layer arrays
-    for the spectrum (lengths may differ between CNN stages), a float array (layers,) otherwise, and with
-    the entropy `sample_entropy`: each image's mean entropy per layer, (layers, samples)."""
+    block). `workers` threads run the spectrum's FFT; `entropy_range`: `global` or `vector` (see the
+    module's docstring). Returns {name: values}: a list of per-layer arrays for the spectrum (lengths
+    may differ between CNN stages), a float array (layers,) otherwise, and with the entropy
+    `sample_entropy`: each image's mean entropy per layer, (layers, samples), and `entropy_range`:
+    the (min, max) of the global range (None for `vector`)."""
     from .capture import iter_layer_blocks
 
     unknown = [name for name in names if name not in METRICS]
     if unknown:  # before the file is opened
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: valid metrics are {', '.join(METRICS)}")
+    if entropy_range not in ENTROPY_RANGES:
+        raise ValueError(f"unknown entropy range '{entropy_range}': valid are {', '.join(ENTROPY_RANGES)}")
+    bounds = capture_range(capture_path) if "entropy" in names and entropy_range == "global" else None
     means, per_sample = LayerMeans(), {}
     for layer, block in iter_layer_blocks(capture_path, samples_per_block, progress=progress, desc="+".join(names)):
         x = channel_major(block)
         sums = block_sums(x, [name for name in names if name != "entropy"], bins, workers)
         if "entropy" in names:  # kept per image too: the phases' bootstrap resamples images
-            entropies = position_entropies(x, bins)
+            entropies = position_entropies(x, bins, bounds)
             sums["entropy"] = (float(entropies.sum()), entropies.size)
             per_sample.setdefault(layer, []).append(entropies.mean(axis=1))
         means.add(layer, sums)
     values = means.means()
     if per_sample:
         values["sample_entropy"] = np.stack([np.concatenate(per_sample[layer]) for layer in sorted(per_sample)])
+        values["entropy_range"] = bounds
     return values
 
 
 def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS, progress: bool = False,
-                   workers: int = 1):
+                   workers: int = 1, entropy_range: str = "global"):
     """An xarray Dataset holding one metric of a capture file, with the capture's attrs."""
     import xarray as xr
 
-    streamed = stream_metrics(capture_path, (name,), bins, progress=progress, workers=workers)
+    streamed = stream_metrics(capture_path, (name,), bins, progress=progress, workers=workers,
+                              entropy_range=entropy_range)
     values = streamed[name]
     with xr.open_dataset(capture_path) as capture:
         attrs = dict(capture.attrs)
@@ -207,14 +260,20 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
         padded = np.full((len(values), width), np.nan)
         for i, v in enumerate(values):
             padded[i, :len(v)] = v
-        ds = xr.Dataset({"spectrum": (("layer", "frequency"), padded)},
+        ds = xr.Dataset({"spectrum": (("layer", "frequency"), padded),
+                         "intensity": ("layer", [float(np.mean(v)) for v in values])},
                         coords={"layer": layer, "frequency": np.arange(width), "channels": ("layer", channels)})
         ds["spectrum"].attrs.update(long_name="mean |FFT along channels| / C over positions",
                                     note="NaN beyond a layer's own channel count")
+        ds["intensity"].attrs.update(long_name="average frequency intensity: the spectrum's mean over the "
+                                               "layer's C channel frequencies")
     else:
         ds = xr.Dataset({name: ("layer", values)}, coords={"layer": layer, "channels": ("layer", channels)})
         if name == "entropy":
-            attrs["bins"] = bins
+            attrs.update(bins=bins, entropy_range=entropy_range)
+            if streamed["entropy_range"] is not None:
+                attrs.update(range_min=float(streamed["entropy_range"][0]),
+                             range_max=float(streamed["entropy_range"][1]))
             ds[name].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
             ds["sample_entropy"] = (("layer", "sample"), streamed["sample_entropy"])
             ds = ds.assign_coords(sample=samples, **({"label": ("sample", labels)} if labels is not None else {}))
@@ -226,7 +285,7 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
 
 
 def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int = DEFAULT_BINS,
-                 progress: bool = False, workers: int = 1) -> Path:
+                 progress: bool = False, workers: int = 1, entropy_range: str = "global") -> Path:
     """`dyn metrics NAME`: `out` (.nc) and a long-form .csv beside it, both written atomically."""
     from ..errors import UserError
     from ..workflow.atomic import atomic_path, write_text
@@ -234,9 +293,10 @@ def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int
     if not Path(capture_path).is_file():
         raise UserError(f"capture file not found: {capture_path}")
     out = Path(out)
-    ds = metric_dataset(capture_path, name, bins, progress, workers)
+    ds = metric_dataset(capture_path, name, bins, progress, workers, entropy_range)
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
-    frame = ds[name].to_dataframe().reset_index().dropna(subset=[name])
+    columns = [name, "intensity"] if name == "spectrum" else [name]
+    frame = ds[columns].to_dataframe().reset_index().dropna(subset=[name])
     write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
     return out

@@ -1,6 +1,8 @@
-"""The paper's figures from metric and evolution files: profiles, spectrum heatmaps, entropy evolution."""
+"""The paper's figures from metric, evolution and run files: profiles, spectrum heatmaps, entropy evolution,
+top-1 curves; where a run's setup is the paper's, the authors' published numbers (`dyn.paper`) beside ours."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -11,8 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from ..files import load_netcdf  # noqa: E402
+from ..errors import UserError  # noqa: E402
+from ..files import load_netcdf, read_json, unreadable  # noqa: E402
+from ..paper import paper_curve, paper_entropy, setup_of  # noqa: E402
 from ..workflow.atomic import atomic_path  # noqa: E402
+from ..workflow.runs import METHODS  # noqa: E402
+
+PAPER_GID = "paper"  # the gid of every line drawn from the authors' numbers (tests look for it)
 
 
 def save(fig, out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -31,25 +38,45 @@ def _label(ds: xr.Dataset, fallback: str) -> str:
     return f"{ds.attrs.get('model', fallback)} ({ds.attrs.get('arch', '')})".replace(" ()", "")
 
 
+def intensity(ds: xr.Dataset, source: str | Path = "a spectrum file") -> np.ndarray:
+    """A spectrum file's per-layer average frequency intensity: its `intensity` variable, or for an older
+    file without it, the mean of each layer's `spectrum` over its first `channels` frequencies."""
+    if "intensity" in ds:
+        return ds["intensity"].values
+    if "spectrum" not in ds or "channels" not in ds:
+        raise UserError(f"{source} has neither 'intensity' nor 'spectrum' with 'channels': not a spectrum file "
+                        "(dyn metrics spectrum writes them)")
+    spectrum, channels = ds["spectrum"].values, ds["channels"].values.astype(int)
+    return np.array([np.mean(row[:c]) for row, c in zip(spectrum, channels)])
+
+
 def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str | Path], out_base: str | Path,
-             formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Per-layer entropy and magnitude of each model against relative depth (0 = first layer, 1 = last):
-    models of different depths share the panels."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for files, name, ax in ((entropy_files, "entropy", axes[0]), (magnitude_files, "magnitude", axes[1])):
+             formats: Sequence[str] = ("png", "pdf"), spectrum_files: Sequence[str | Path] = ()) -> list[Path]:
+    """Per-layer entropy, magnitude and (with `spectrum_files`) average frequency intensity of each model
+    against relative depth (0 = first layer, 1 = last): models of different depths share the panels."""
+    panels = [(entropy_files, "entropy"), (magnitude_files, "magnitude")]
+    if spectrum_files:
+        panels.append((spectrum_files, "intensity"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), layout="constrained")
+    ylabels = {"entropy": "entropy of the channel vector (bits)", "magnitude": "mean |activation|",
+               "intensity": "average frequency intensity (mean |F[k]| / C)"}
+    for (files, name), ax in zip(panels, axes):
         for path in files:
-            with load_netcdf(path, f"{name} file", [name]) as ds:
-                values = ds[name].values
+            what = "spectrum file" if name == "intensity" else f"{name} file"
+            with load_netcdf(path, what, [] if name == "intensity" else [name]) as ds:
+                values = intensity(ds, path) if name == "intensity" else ds[name].values
                 depth = np.linspace(0, 1, len(values)) if len(values) > 1 else np.zeros(1)
                 kind = ds.attrs.get("layer_kind", "layer")
                 ax.plot(depth, values, marker="o", ms=3, label=f"{_label(ds, Path(path).parent.name)}, {len(values)} {kind}s")
         ax.set_xlabel("relative depth (layer / last layer)")
-        ax.set_ylabel("entropy of the channel vector (bits)" if name == "entropy" else "mean |activation|")
+        ax.set_ylabel(ylabels[name])
         ax.set_title(f"per-layer {name}")
         ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
+        if name != "entropy":
+            ax.set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Per-layer entropy and magnitude of {len(entropy_files)} model(s)")
+    shown = "entropy, magnitude and frequency intensity" if spectrum_files else "entropy and magnitude"
+    fig.suptitle(f"Per-layer {shown} of {len(entropy_files)} model(s)")
     return save(fig, out_base, formats)
 
 
@@ -79,7 +106,14 @@ def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
 
 def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
               formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """The student's entropy profile over training, one panel per distillation run, colour = epoch."""
+    """The student's entropy profile over training, one panel per distillation run, colour = epoch; where
+    a run's setup is the paper's and the authors published its entropy table, their profiles at the same
+    snapshot epochs, dashed, in the same colours."""
+    return save(evolution_figure(evolution_files), out_base, formats)
+
+
+def evolution_figure(evolution_files: Sequence[str | Path]):
+    """The figure of `evolution` (its lines from the authors' table have gid PAPER_GID)."""
     files = sorted(evolution_files)
     cols = min(4, len(files))
     rows = int(np.ceil(len(files) / cols))
@@ -88,10 +122,16 @@ def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
     for ax, path in zip(axes.flat, files):
         with load_netcdf(path, "evolution file", ["entropy"], dims=("epoch", "layer")) as ds:
             epochs = ds["epoch"].values
-            for i, epoch in enumerate(epochs):
-                colour = cmap(i / max(len(epochs) - 1, 1))
+            colours = [cmap(i / max(len(epochs) - 1, 1)) for i in range(len(epochs))]
+            for i, (epoch, colour) in enumerate(zip(epochs, colours)):
                 ax.plot(ds["layer"].values + 1, ds["entropy"].sel(epoch=epoch).values, color=colour,
                         label=f"epoch {int(epoch)}" if i in (0, len(epochs) - 1) else None)
+            # The authors' checkpoint after N epochs is the same point as our snapshot at epoch N.
+            theirs = paper_entropy(**setup_of(ds.attrs)) or {}
+            shared = [(int(epoch), colour) for epoch, colour in zip(epochs, colours) if int(epoch) in theirs]
+            for i, (epoch, colour) in enumerate(shared):
+                ax.plot(np.arange(1, len(theirs[epoch]) + 1), theirs[epoch], "--", lw=0.9, color=colour, gid=PAPER_GID,
+                        label="authors (dashed)" if i == 0 else None)
             title = ds.attrs.get("method", "")
             if ds.attrs.get("method") != "softkd":
                 title += f" {ds.attrs.get('layers')} b{ds.attrs.get('beta')}"
@@ -105,7 +145,7 @@ def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
         ax.set_ylabel("entropy (bits)", fontsize=8)
     fig.suptitle("Student's per-block entropy at each snapshot epoch")
     fig.tight_layout()
-    return save(fig, out_base, formats)
+    return fig
 
 
 def phases(phases_files: Sequence[str | Path], out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -129,3 +169,79 @@ def phases(phases_files: Sequence[str | Path], out_base: str | Path, formats: Se
     axes[0].legend(fontsize=7)
     fig.suptitle("Low-pass score and entropy of every layer (ringed: each model's entropy minimum)")
     return save(fig, out_base, formats)
+
+
+def read_run_log(path: str | Path) -> dict[int, float]:
+    """A run's log.csv as {epoch (1 = after the first): top-1 (%)}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"run log not found: {path} (dyn distill writes it beside summary.json)")
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"epoch", "top1"} <= set(rows[0]):
+            raise UserError(f"run log {path} has no 'epoch' and 'top1' columns: not a log.csv dyn distill writes")
+        return {int(row["epoch"]): float(row["top1"]) for row in rows}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as error:
+        raise unreadable(path, "run log", error) from None
+
+
+def _over_seeds(logs: list[dict[int, float]]) -> tuple[np.ndarray, ...]:
+    """Epochs every seed logged, and the mean, min and max of top-1 over the seeds at each."""
+    epochs = sorted(set.intersection(*(set(log) for log in logs)))
+    values = np.array([[log[e] for e in epochs] for log in logs])
+    return np.array(epochs), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def curves(summary_files: Sequence[str | Path], out_base: str | Path,
+           formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Top-1 against epoch of every grid point (method, layers, beta, epochs), one panel each, from each
+    run's summary.json and the log.csv beside it: the mean over seeds with a min..max band, SoftKD at the
+    same epochs thin grey, and where the setup is the paper's, the authors' curve dashed."""
+    return save(curves_figure(summary_files), out_base, formats)
+
+
+def curves_figure(summary_files: Sequence[str | Path]):
+    """The figure of `curves` (its lines from the authors' logs have gid PAPER_GID)."""
+    groups: dict[tuple, list[tuple[dict, dict[int, float]]]] = {}
+    for path in summary_files:
+        summary = read_json(path, "run summary", ("run", "method", "layers", "beta", "epochs", "seed"))
+        setup = setup_of(summary)
+        key = (setup["method"], setup["layers"], setup["beta"], setup["epochs"], setup["teacher"], setup["student"])
+        groups.setdefault(key, []).append((setup, read_run_log(Path(path).with_name("log.csv"))))
+    if not groups:
+        raise UserError("no run summaries given: the curves figure needs at least one summary.json")
+    order = sorted(groups, key=lambda k: (k[3], METHODS.index(k[0]) if k[0] in METHODS else len(METHODS),
+                                          k[1], k[2], str(k[4]), str(k[5])))
+    cols = min(3, len(order))
+    rows = int(np.ceil(len(order) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, order):
+        method, layers, beta, epochs, teacher, student = key
+        runs = groups[key]
+        if method != "softkd":
+            softkd = [log for k, group in groups.items() if k[0] == "softkd" and k[3:] == key[3:]
+                      for _, log in group]
+            if softkd:
+                x, mean, _, _ = _over_seeds(softkd)
+                ax.plot(x, mean, color="grey", lw=0.8, label=f"SoftKD, mean of {len(softkd)} seed(s)")
+        x, mean, low, high = _over_seeds([log for _, log in runs])
+        if len(runs) > 1:
+            ax.fill_between(x, low, high, color="C0", alpha=0.25, lw=0, label="min..max over seeds")
+        ax.plot(x, mean, color="C0", lw=1.4, label=f"ours, mean of {len(runs)} seed(s)" if len(runs) > 1 else "ours")
+        theirs = paper_curve(**runs[0][0])
+        if theirs:
+            # Their log counts epochs from 0, ours from 1: their epoch e is our epoch e + 1.
+            ax.plot([r["epoch"] + 1 for r in theirs], [r["test_acc1"] for r in theirs], "--", color="C3", lw=1.0,
+                    gid=PAPER_GID, label=f"authors ({theirs[0]['log']})")
+        title = method if method == "softkd" else f"{method} {layers} b{beta:g}"
+        ax.set_title(f"{title}, {epochs} ep", fontsize=8)
+        ax.set_xlabel("epoch (1 = after the first)", fontsize=8)
+        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(order):]:
+        ax.axis("off")
+    fig.suptitle("Validation top-1 over training, each grid point")
+    fig.tight_layout()
+    return fig

@@ -1,10 +1,11 @@
 """Table 1: one row per distillation run, and one row per grid point over seeds with a paired interval.
 
-`table1.csv`: each run's final and best top-1, and their change against SoftKD at the same epochs
-and seed. `table1_summary.csv`: per (method, layers, beta, epochs), the mean and sd over seeds and the
-mean change against SoftKD, paired by seed, with a 95% Student-t interval over the paired differences
-(NaN with one seed). `table1.md` renders the summary, beside the paper's value where the setup is the
-paper's.
+`table1.csv`: each run's final and best top-1, their change against SoftKD at the same epochs and
+seed, and, where the run's setup is one the authors published a log of, their top-1 at the run's final
+epoch (`paper_top1_at_epoch`; `dyn.paper`). `table1_summary.csv`: per (method, layers, beta, epochs),
+the mean and sd over seeds and the mean change against SoftKD, paired by seed, with a 95% Student-t
+interval over the paired differences (NaN with one seed). `table1.md` renders the summary, beside the
+paper's value where the setup is the paper's.
 """
 from __future__ import annotations
 
@@ -15,22 +16,23 @@ import statistics
 from pathlib import Path
 
 from ..files import read_json
+from ..paper import paper_curve, setup_of
 from ..workflow.atomic import write_text
 from ..workflow.runs import METHODS
 
 COLUMNS = ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5", "best_top1", "delta_top1",
-           "best_delta_top1")
+           "best_delta_top1", "paper_top1_at_epoch")
 SUMMARY_COLUMNS = ("method", "layers", "beta", "epochs", "n_seeds", "top1_mean", "top1_sd", "delta_mean",
                    "delta_ci_low", "delta_ci_high", "best_top1_mean", "best_delta_mean")
 # The paper's Table 1 (CaiT-S24 -> DeiT-Tiny, ImageNet-1k): the best epoch's top-1 of each run, as in
 # the authors' published logs (github.com/thy960112/Distillation-Dynamics, Distillation_Logs), which
-# match the paper's printed values; Last8 from the paper's text (no log published).
+# match the paper's printed values; Last8 and Last1 at beta 0.1 from the paper's text (no log published).
 PAPER = {"teacher": "cait_s24_224", "student": "deit_tiny_patch16_224"}
 PAPER_TOP1 = {
     ("softkd", "none", 0.0, 300): 76.99, ("softkd", "none", 0.0, 500): 78.07,
     ("spectral", "First1", 0.2, 300): 77.00, ("spectral", "First1+Last1", 0.2, 300): 77.08,
     ("spectral", "Last1", 0.2, 300): 76.83, ("spectral", "Last8", 0.2, 300): 76.69,
-    ("spectral", "Last1", 0.2, 500): 77.59,
+    ("spectral", "Last1", 0.2, 500): 77.59, ("spectral", "Last1", 0.1, 300): 76.48,
     ("projector", "First1", 0.2, 300): 76.87, ("projector", "Last1", 0.2, 300): 76.72,
     ("projector", "First1+Last1", 0.2, 300): 76.80,
 }
@@ -44,11 +46,22 @@ def table1_rows(summaries: list[dict]) -> list[dict]:
     """One row per run, with `delta_top1` and `best_delta_top1` against SoftKD at the same epochs and
     seed (or, where that seed has no SoftKD run, SoftKD's mean over seeds at those epochs)."""
     rows = [{key: summary[key] for key in COLUMNS if key in summary} for summary in summaries]
+    for row, summary in zip(rows, summaries):
+        row["paper_top1_at_epoch"] = paper_top1_at_epoch(summary)
     for row in rows:
         for value, delta in (("top1", "delta_top1"), ("best_top1", "best_delta_top1")):
             reference = _softkd_reference(rows, row["epochs"], row["seed"], value)
             row[delta] = None if reference is None else row[value] - reference
     return sorted(rows, key=_order)
+
+
+def paper_top1_at_epoch(summary: dict) -> float | None:
+    """The authors' top-1 (%) at the run's final epoch where the run's setup (teacher and student archs,
+    method, layers, beta, epochs) is one they published a log of, else None. Their log counts epochs
+    from 0, ours from 1: our epoch E is their epoch E - 1."""
+    curve = paper_curve(**setup_of(summary))
+    final = int(summary["epochs"])
+    return next((row["test_acc1"] for row in curve or [] if row["epoch"] == final - 1), None)
 
 
 def _softkd_reference(rows: list[dict], epochs: int, seed: int, value: str) -> float | None:

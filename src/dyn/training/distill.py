@@ -154,7 +154,8 @@ def _train_cohort(setups: list[RunSetup], out_dirs: list[Path], keys: list[str],
     members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
     fit(Loop(members, train, val, world, precision, teacher=teacher,
              log_interval=recipe.log_interval, state_path=state_path,
-             snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins),
+             snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins,
+                                                  entropy_range=snapshots.entropy_range),
              snapshot_every=snapshots.every))
     written = None
     if world.is_main:
@@ -246,7 +247,8 @@ def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_secon
     _write_log_csv(out_dir / "log.csv", history.rows)
     attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
              "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
-             "bins": snapshots.bins, "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
+             "bins": snapshots.bins, "entropy_range": snapshots.entropy_range, "transform": snapshots.transform,
+             "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
              "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
     summary = _summary(setup, history, world, wall_seconds, cohort)

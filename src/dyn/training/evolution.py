@@ -9,25 +9,28 @@ import torch
 import torch.nn as nn
 
 from ..analysis import metrics
-from ..data import analysis_images, build_dataset, build_transform, describe_sample, stack
+from ..data import analysis_images, analysis_transform, build_dataset, describe_sample, stack
 from ..models import features
 from ..workflow.atomic import atomic_path
 
 
 @dataclass(frozen=True)
 class Snapshots:
-    """The student's per-layer profile: on which validation images (the analysis's own choice, so
-    students and analysed models see the same images), with how many entropy bins, how often."""
+    """The student's per-layer profile: on which validation images (the analysis's own choice and
+    transform, so students and analysed models see the same images), with how many entropy bins over
+    which range, how often."""
 
     num_images: int = 64
     bins: int = metrics.DEFAULT_BINS
     every: int = 0             # epochs between snapshots; 0: only before the first and after the last
     sample: str = "stratified"
     sample_seed: int = 0
+    entropy_range: str = "global"  # one range over all of the student's layers and images, or each vector's
+    transform: str = "model"       # the student's own evaluation transform, or the authors' `imagenet`
 
     def images(self, dataset_cfg: dict, model: nn.Module, recipe) -> torch.Tensor:
-        """The snapshot images, through `model`'s evaluation transform."""
-        val = build_dataset(dataset_cfg, "val", build_transform(model, False, recipe.to_dict()))
+        """The snapshot images, through the analysis transform."""
+        val = build_dataset(dataset_cfg, "val", analysis_transform(model, self.transform, recipe.to_dict()))
         return stack(analysis_images(val, self.num_images, self.sample, self.sample_seed))[0]
 
     def describe(self) -> str:
@@ -35,17 +38,25 @@ class Snapshots:
 
 
 def layer_profile(model: nn.Module, images: torch.Tensor, bins: int = metrics.DEFAULT_BINS,
-                  batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Per-layer entropy and magnitude of `model` on fixed images (all layers), as in the analysis."""
+                  batch_size: int = 64, entropy_range: str = "global") -> dict[str, np.ndarray]:
+    """Per-layer entropy and magnitude of `model` on fixed images (all layers), as in the analysis: with
+    `global`, the entropy's bins span the min..max of all of the model's layers on these images."""
     was_training = model.training
     model.eval()
-    means = metrics.LayerMeans()
     device = next(model.parameters()).device
+    maps: list[list[np.ndarray]] = []  # per layer, its blocks: the global range needs all before any entropy
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
             for layer, fmap in enumerate(features(model, images[start:start + batch_size].to(device))):
-                means.add(layer, metrics.block_sums(fmap, ("entropy", "magnitude"), bins))
+                if layer == len(maps):
+                    maps.append([])
+                maps[layer].append(metrics.channel_major(fmap))
     model.train(was_training)
+    bounds = metrics.global_range(x for layer in maps for x in layer) if entropy_range == "global" else None
+    means = metrics.LayerMeans()
+    for layer, blocks in enumerate(maps):
+        for x in blocks:
+            means.add(layer, metrics.block_sums(x, ("entropy", "magnitude"), bins, value_range=bounds))
     return means.means()
 
 

@@ -65,23 +65,49 @@ def lowpass_channels(x: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 class ChannelProjector(nn.Module):
-    """ProjectorKD's learnable linear maps over channels, one per aligned pair: student width -> teacher width."""
+    """ProjectorKD's modules, one set per aligned pair: a Linear(C_s, C_t) applied at every position of
+    the student map, a BatchNorm2d(C_t) on the projected student map and one on the teacher map (batch
+    statistics while training, as every BatchNorm2d does).
 
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
+    `trainable=False` is the authors' code: it creates these modules inside the loss at the first forward,
+    after the optimiser was built, so nothing here is ever trained: a frozen random projection (PyTorch's
+    default Linear init) and both BatchNorm affines frozen at identity. `trainable=True` is the paper's
+    text, "a learnable projector": the projection and the student-side affine are trained; the
+    teacher-side BatchNorm stays a fixed standardisation (a trainable affine on the target would let both
+    BatchNorm weights shrink to 0 and the loss with them). Frozen parameters still pass gradients on to
+    the student's maps."""
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], trainable: bool = False):
         super().__init__()
         self.maps = nn.ModuleList(nn.Linear(s, t) for s, t in zip(student_channels, teacher_channels))
+        self.student_norms = nn.ModuleList(nn.BatchNorm2d(t) for t in teacher_channels)
+        self.teacher_norms = nn.ModuleList(nn.BatchNorm2d(t) for t in teacher_channels)
+        self.teacher_norms.requires_grad_(False)
+        if not trainable:
+            self.requires_grad_(False)
 
     def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [linear(x.movedim(1, -1)).movedim(-1, 1) for linear, x in zip(self.maps, maps)]
+        """The student's maps projected to the teacher's widths and batch-normalised (float32: the
+        statistics of a bfloat16 map are coarse)."""
+        return [norm(linear(x.movedim(1, -1)).movedim(-1, 1).float())
+                for linear, norm, x in zip(self.maps, self.student_norms, maps)]
 
 
-def projector_loss(projected_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """ProjectorKD: MSE between projected student maps and teacher maps, averaged over pairs."""
-    if len(projected_maps) != len(teacher_maps) or not projected_maps:
-        raise ValueError(f"projector_loss needs equally many (>0) maps, got {len(projected_maps)} and {len(teacher_maps)}")
+def projector_loss(projected_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor],
+                   teacher_norms: Sequence[nn.Module]) -> torch.Tensor:
+    """ProjectorKD: MSE between the projected, normalised student maps (ChannelProjector's output) and the
+    teacher maps, each average-pooled to the student's grid where they differ and then normalised by its
+    pair's `teacher_norms` module; averaged over pairs. No FFT, as in the authors' code.
+
+    The teacher side is applied here, not in the projector's forward: the trainable part runs inside the
+    student's (DDP-wrapped) forward, the teacher's maps reach only the loss."""
+    if not len(projected_maps) == len(teacher_maps) == len(teacher_norms) or not projected_maps:
+        raise ValueError(f"projector_loss needs equally many (>0) maps and norms, got {len(projected_maps)}, "
+                         f"{len(teacher_maps)} and {len(teacher_norms)}")
     losses = []
-    for student, teacher in zip(projected_maps, teacher_maps):
+    for student, teacher, norm in zip(projected_maps, teacher_maps, teacher_norms):
+        teacher = teacher.float()
         if student.shape[-2:] != teacher.shape[-2:]:
             teacher = F.adaptive_avg_pool2d(teacher, student.shape[-2:])
-        losses.append(F.mse_loss(student.float(), teacher.float()))
+        losses.append(F.mse_loss(student.float(), norm(teacher)))
     return torch.stack(losses).mean()

@@ -41,14 +41,18 @@ class AlignedStudent(nn.Module):
         return {f"student.{name}" for name in inner}
 
 
+PROJECTOR_METHODS = ("projector", "projector_trained")
+
+
 def _channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
     return [int(model.feature_info[i]["num_chs"]) for i in layers]
 
 
 class LayerDistillationTask(LogitDistillationTask):
     """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps); L_feat is
-    SpectralKD's (`spectral`), ProjectorKD's (`projector`) or SpectralKD's against the teacher's maps
-    low-passed along channels (`lowpass`)."""
+    SpectralKD's (`spectral`), ProjectorKD's with a frozen random projection as the authors' code runs it
+    (`projector`) or with a trained one as the paper describes it (`projector_trained`), or SpectralKD's
+    against the teacher's maps low-passed along channels (`lowpass`)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]],
                  method: str = "softkd", alpha: float = 0.9, temperature: float = 1.0, beta: float = 0.0,
@@ -71,9 +75,10 @@ class LayerDistillationTask(LogitDistillationTask):
         self.teacher_layers = [t for _, t in self.pairs]
         student_layers = [s for s, _ in self.pairs]
         projector = None
-        if method == "projector":
+        if method in PROJECTOR_METHODS:  # drawn from the caller's random stream, after the student
             projector = losses.ChannelProjector(_channels(student, student_layers),
-                                                _channels(teacher.model, self.teacher_layers)).to(self.device)
+                                                _channels(teacher.model, self.teacher_layers),
+                                                trainable=method == "projector_trained").to(self.device)
         self.trainable_module = AlignedStudent(student, student_layers, projector)
 
     # -- the loss --------------------------------------------------------------------------------
@@ -88,8 +93,10 @@ class LayerDistillationTask(LogitDistillationTask):
         if self.pairs:
             if self.method == "lowpass":  # the encoding translator, then SpectralKD
                 teacher_maps = [losses.lowpass_channels(m, self.lowpass_keep) for m in teacher_maps]
-            feature_loss = (losses.projector_loss(maps, teacher_maps) if self.method == "projector"
-                            else losses.spectral_loss(maps, teacher_maps))
+            if self.method in PROJECTOR_METHODS:  # `maps` are projected and normalised already
+                feature_loss = losses.projector_loss(maps, teacher_maps, self.projector().teacher_norms)
+            else:
+                feature_loss = losses.spectral_loss(maps, teacher_maps)
             total = total + self.beta * feature_loss
             result["feat_loss"] = feature_loss
         result["loss"] = total
