@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,4 +225,107 @@ def test_lowpass_method_is_spectralkd_against_the_translated_teacher():
     out = task(x, y, teacher_out)
     logits, maps = task.trainable_module(x)
     expected = losses.spectral_loss(maps, [losses.lowpass_channels(teacher_out.maps[11], 0.25)])
+    torch.testing.assert_close(out["feat_loss"], expected)
+
+
+def _low_rank_maps(b=6, c=12, h=3, w=3, rank=3, seed=0):
+    """Maps whose channel vectors are a mean, plus `rank` strong directions, plus weak noise."""
+    rng = np.random.default_rng(seed)
+    mean, basis = rng.normal(size=c) * 3, rng.normal(size=(c, rank)) * 4
+    vectors = mean + rng.normal(size=(b * h * w, rank)) @ basis.T + 0.05 * rng.normal(size=(b * h * w, c))
+    return torch.from_numpy(vectors.reshape(b, h, w, c).transpose(0, 3, 1, 2).copy()).float()
+
+
+def _pca_reference(x: np.ndarray, keep: float):
+    """The translator by its definition with numpy: np.cov of the channel vectors of every position, the top
+    max(1, ceil(keep C)) eigenvectors of np.linalg.eigh, and m + V V^T (x - m) at each position by loops."""
+    b, c, h, w = x.shape
+    vectors = x.transpose(0, 2, 3, 1).reshape(-1, c).astype(np.float64)
+    mean, cov = vectors.mean(axis=0), np.cov(vectors, rowvar=False)
+    values, vectors_ = np.linalg.eigh(cov)
+    k = max(1, math.ceil(round(keep * c, 9)))
+    top = vectors_[:, np.argsort(values)[::-1][:k]]
+    out = np.zeros_like(x, dtype=np.float64)
+    for i in range(b):
+        for y in range(h):
+            for z in range(w):
+                v = x[i, :, y, z].astype(np.float64)
+                out[i, :, y, z] = mean + top @ (top.T @ (v - mean))
+    return out, mean, top, np.sort(values)[::-1][:k].sum() / values.sum()
+
+
+def _estimate(x, keep, batches=2):
+    moments = losses.ChannelMoments()
+    for part in torch.chunk(x, batches):  # streamed over batches, as over the teacher's
+        moments.add(part)
+    return losses.channel_pca(moments, keep)
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.1, 0.5])
+def test_pca_translator_matches_a_numpy_reference(keep):
+    x = _low_rank_maps()
+    pca = _estimate(x, keep)
+    want, mean, top, explained = _pca_reference(x.numpy(), keep)
+    assert pca.components.shape == (12, max(1, math.ceil(keep * 12))) and pca.components.dtype == torch.float64
+    np.testing.assert_allclose(pca.mean.numpy(), mean, rtol=0, atol=1e-6)
+    # eigenvectors are defined up to sign: compare the projections V V^T
+    np.testing.assert_allclose(pca.components.numpy() @ pca.components.numpy().T, top @ top.T, rtol=0, atol=1e-8)
+    assert pca.explained == pytest.approx(explained, rel=1e-9)
+    got = losses.pca_project(x, pca.mean, pca.components)
+    assert got.shape == x.shape and got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-4)
+    if keep >= 0.25:  # 3 of 12 directions hold the low-rank structure: the map keeps it, loses only the noise
+        assert (got - x).abs().max() < 0.5 and pca.explained > 0.99
+
+
+def test_pca_translator_is_order_free_and_the_channel_lowpass_is_not():
+    # Channel order is arbitrary (permute a layer's channels with the weights: the same network). Permuting
+    # the channels of the data, and so of the estimate, permutes the PCA-translated map the same way; the
+    # channel low-pass of a permuted map is not the permuted low-pass (it keeps another subspace).
+    x = _low_rank_maps(c=16, seed=3)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    pca, pca_permuted = _estimate(x, 0.25), _estimate(x[:, perm], 0.25)
+    torch.testing.assert_close(losses.pca_project(x[:, perm], pca_permuted.mean, pca_permuted.components),
+                               losses.pca_project(x, pca.mean, pca.components)[:, perm], rtol=1e-4, atol=1e-4)
+    assert pca_permuted.explained == pytest.approx(pca.explained, rel=1e-9)
+    lowpass_permuted = losses.lowpass_channels(x[:, perm], 0.25)
+    assert (lowpass_permuted - losses.lowpass_channels(x, 0.25)[:, perm]).abs().max() > 1.0
+
+
+def test_pca_keep_one_gives_back_the_map_and_the_number_of_components():
+    x = _low_rank_maps(c=10, seed=1)
+    pca = _estimate(x, 1.0)
+    assert pca.components.shape == (10, 10) and pca.explained == pytest.approx(1.0)
+    torch.testing.assert_close(losses.pca_project(x, pca.mean, pca.components), x, rtol=0, atol=1e-4)
+    assert [losses.pca_components(keep, 10) for keep in (0.3, 0.01, 0.25, 0.7, 1.0)] == [3, 1, 3, 7, 10]
+    assert losses.pca_components(0.25, 64) == 16 and losses.pca_components(0.25, 384) == 96
+
+
+def test_pca_method_is_spectralkd_against_the_projected_teacher():
+    import timm
+
+    import dyn.models  # noqa: F401
+    from dyn.training.task import LayerDistillationTask, SharedTeacher
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cait_digits").eval()
+    student = timm.create_model("deit_digits")
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    task = LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], "pca", beta=0.2, pca_keep=0.25).train()
+    shared = SharedTeacher([task])
+    teacher_out = shared(x)
+    with pytest.raises(RuntimeError, match="set_translators"):
+        task(x, y, teacher_out)
+    images = torch.randn(10, 1, 8, 8)
+    estimates = shared.estimate_pca(images, [(0, 0.25), (11, 0.25)], batch_size=4, device=torch.device("cpu"))
+    # the estimate sees the maps the shared forward gives the loss: the same normalisation path
+    for layer in (0, 11):
+        want = _estimate(shared.forward(images).maps[layer], 0.25, batches=1)
+        torch.testing.assert_close(estimates[(layer, 0.25)].mean, want.mean, rtol=0, atol=1e-9)
+        assert estimates[(layer, 0.25)].components.shape == (64, 16)
+    task.set_translators({layer: estimates[(layer, 0.25)] for layer in (0, 11)}, images=10)
+    out = task(x, y, teacher_out)
+    logits, maps = task.trainable_module(x)
+    expected = losses.spectral_loss(maps, [losses.pca_project(teacher_out.maps[t], *estimates[(t, 0.25)][:2])
+                                           for t in (0, 11)])
     torch.testing.assert_close(out["feat_loss"], expected)

@@ -289,3 +289,73 @@ def test_one_optimiser_step_trains_the_projection_only_under_projector_trained(m
         # the biases' gradients vanish (a BatchNorm follows the projection; both sides are centred): weights only
         assert projector_names == trained and {k for k in trained if k.endswith("weight")} <= changed
     assert not any(k.startswith("projector.teacher_norms.") and k.endswith(("weight", "bias")) for k in changed)
+
+
+def test_the_pca_estimate_uses_a_seeded_subset_of_the_training_images():
+    from dyn.data import DigitsDataset, stack
+    from dyn.training.distill import pca_subset
+
+    student, recipe = timm.create_model("deit_digits"), Recipe(**{**RECIPE, "augment": True})
+    subset = pca_subset(DIGITS, student, recipe, 256, seed=0)
+    train, val = DigitsDataset("train"), DigitsDataset("val")
+    assert len(subset) == 256 and list(subset.indices) == sorted(set(subset.indices))
+    source = subset.dataset.source_index[subset.indices]  # the images' indices in scikit-learn's digits
+    assert set(source) <= set(train.source_index) and not set(source) & set(val.source_index)
+    again, other = pca_subset(DIGITS, student, recipe, 256, seed=0), pca_subset(DIGITS, student, recipe, 256, seed=1)
+    assert again.indices == subset.indices and other.indices != subset.indices
+    # the evaluation transform even where the recipe augments: the same images every time
+    assert torch.equal(stack(subset)[0], stack(again)[0])
+    assert len(pca_subset(DIGITS, student, recipe, 10_000, seed=0)) == len(train), "all of them if fewer"
+
+
+def test_a_pca_run_writes_its_translators_and_ends_as_it_would_alone_in_a_cohort(teacher, tmp_path, monkeypatch):
+    import json
+
+    from dyn.training.task import SharedTeacher
+
+    alone = RunSpec("pca", "Last1", 0.2, 1, 0)
+    summary = _run(teacher, tmp_path / "alone" / alone.run_id, alone)
+    run = tmp_path / "alone" / alone.run_id
+    assert {p.name for p in run.iterdir()} == {
+        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "pca.safetensors"}
+    assert summary["pairs"] == [(7, 11)] and summary["pca_keep"] == 0.25 and summary["pca_images"] == 256
+    assert summary["pca_components"] == [16]  # ceil(0.25 x 64) of cait_digits' 64 channels
+    pca = load_file(run / "pca.safetensors")
+    assert set(pca) == {"layer11.mean", "layer11.components", "layer11.explained"}
+    components = pca["layer11.components"].double()
+    assert components.shape == (64, 16)
+    torch.testing.assert_close(components.T @ components, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-5)
+    assert summary["pca_explained"][0] == pytest.approx(pca["layer11.explained"].item())
+    assert 0 < summary["pca_explained"][0] <= 1
+    assert json.loads((run / "summary.json").read_text())["pca_explained"] == summary["pca_explained"]
+
+    # In a cohort: one estimate per (teacher layer, keep), and the student ends exactly as alone.
+    calls = []
+    real = SharedTeacher.estimate_pca
+    monkeypatch.setattr(SharedTeacher, "estimate_pca",
+                        lambda self, images, requests, *a: calls.append(sorted(set(requests))) or real(
+                            self, images, requests, *a))
+    specs = [RunSpec("pca", "First1+Last1", 0.2, 1, 0), alone]
+    summaries = _cohort(teacher, tmp_path / "cohort", specs)
+    assert calls == [[(0, 0.25), (11, 0.25)]]
+    together = tmp_path / "cohort" / alone.run_id
+    _assert_same_run(run, together)
+    assert (run / "pca.safetensors").read_bytes() == (together / "pca.safetensors").read_bytes()
+    assert summaries[0]["pca_components"] == [16, 16]
+    assert summaries[0]["pca_explained"][1] == summary["pca_explained"][0]
+
+
+def test_dyn_distill_passes_the_pca_options(tmp_path, monkeypatch):
+    import dyn.training.distill
+    from conftest import dyn_here
+
+    seen = {}
+    monkeypatch.setattr(dyn.training.distill, "distill", lambda specs, *a, **kw: seen.update(kw, specs=specs) or [])
+    args = ["distill", "--method", "pca", "--layers", "Last1", "--beta", "0.2", "--epochs", "1",
+            "--teacher-arch", "cait_digits", "--teacher-checkpoint", tmp_path / "t.safetensors",
+            "--student-arch", "deit_digits", "--runs-dir", tmp_path]
+    assert dyn_here(args + ["--pca-keep", "0.5", "--pca-images", "64"]).returncode == 0
+    assert (seen["pca_keep"], seen["pca_images"], seen["specs"][0].run_id) == (0.5, 64, "pca_Last1_b0.2_e1_s0")
+    assert dyn_here(args).returncode == 0 and (seen["pca_keep"], seen["pca_images"]) == (0.25, 256)
+    for bad in (["--pca-keep", "0"], ["--pca-keep", "1.5"], ["--pca-images", "0"]):
+        assert dyn_here(args + bad).returncode == 2

@@ -106,24 +106,32 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 @click.option("--samples-per-chunk", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--compression-level", type=click.IntRange(0, 9), default=0, show_default=True,
               help="zlib level of the NetCDF file (0: uncompressed).")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True,
+              help="The split the images come from: val (the analysis) or train (what `auto` layers are chosen on).")
 @_with(sample_options)
 @dataset_option
 @device_option
 @threads_option
-def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, sample, sample_seed,
-            transform, dataset_cfg, device, threads):
-    """Write the per-layer activations of N fixed validation images to NetCDF."""
+def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, split, sample,
+            sample_seed, transform, dataset_cfg, device, threads):
+    """Write the per-layer activations of N fixed images (of the validation split by default) to NetCDF."""
     _setup(threads)
     from .analysis.capture import capture_checkpoint
 
     capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
-                       compression_level, device, sample, sample_seed, progress=_progress(), transform=transform)
+                       compression_level, device, sample, sample_seed, progress=_progress(), transform=transform,
+                       split=split)
     log.info("wrote %s", out)
 
 
 @cli.group()
 def metrics():
     """Per-layer metrics of a capture file, and the phases they show."""
+
+
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed of the controls: the channel orders (spectrum, entropy) and the split of "
+                                "the images (phases).")
 
 
 def _metric_command(name: str):
@@ -136,12 +144,13 @@ def _metric_command(name: str):
     @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Threads of the spectrum's FFT.")
     @entropy_range_option
-    def command(capture_path, out, bins, threads, entropy_range):
+    @seed_option
+    def command(capture_path, out, bins, threads, entropy_range, seed):
         _setup(None)  # no torch here
         from .analysis.metrics import write_metric
 
         write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads,
-                     entropy_range=entropy_range)
+                     entropy_range=entropy_range, permutation_seed=seed)
         log.info("wrote %s", out)
 
     return command
@@ -156,12 +165,18 @@ for _name in METRICS:
 @click.option("--magnitude", "magnitude_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--spectrum", "spectrum_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .csv (a .nc is written beside).")
-def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
-    """Each layer's phase, the bottleneck and whether the entropy profile is a U, with bootstrap intervals."""
+@click.option("--min-rise", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Smallest rise (bits) of each end above the bottleneck that counts towards a U.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Level of each one-sided rise test: the U's false-positive rate.")
+@seed_option
+def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, alpha, seed):
+    """Whether the entropy profile is a U (split-sample test), its bottleneck, each layer's phase and the
+    channel-order control of its low-pass score."""
     _setup(None)
     from .analysis.phases import write_phases
 
-    write_phases(entropy_path, magnitude_path, spectrum_path, out)
+    write_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, alpha, seed)
     log.info("wrote %s", out)
 
 
@@ -176,6 +191,12 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
               help="The teacher's phases.csv, for the layer specs auto and autoK.")
 @click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
+@click.option("--pca-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+              help="Method pca: share of each aligned teacher layer's principal directions kept "
+                   "(max(1, ceil(keep x channels))).")
+@click.option("--pca-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Method pca: training images (a seeded subset, no augmentation) the principal directions are "
+                   "estimated on; all of them if fewer.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of the run (with --runs: of each entry without its own 'epochs').")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -199,11 +220,11 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out):
 @train_option
 @device_option
 @threads_option
-def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, epochs, seed, teacher_arch,
-            teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins, evolution_every,
-            entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
-    """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD or low-pass SpectralKD) on one data stream
-    and one teacher forward, or one student, and write each run's directory."""
+def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, pca_keep, pca_images, epochs, seed,
+            teacher_arch, teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins,
+            evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
+    """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD, low-pass or PCA SpectralKD) on one data
+    stream and one teacher forward, or one student, and write each run's directory."""
     _setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
@@ -221,7 +242,8 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, e
     summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
                             state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
-                            lowpass_keep=lowpass_keep, finished_dir=finished_dir)
+                            lowpass_keep=lowpass_keep, finished_dir=finished_dir, pca_keep=pca_keep,
+                            pca_images=pca_images)
     for summary in summaries or []:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
 

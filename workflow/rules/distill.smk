@@ -29,6 +29,9 @@ for cohort_id, specs in COHORTS.items():
             seed=specs[0].seed,
             phases=lambda wc, input: f"--teacher-phases {input.phases}" if input.phases else "",
             keep=config["distill"]["lowpass_keep"],
+            # only where a student needs them: the other cohorts' jobs do not rerun when they change
+            pca=(f"--pca-keep {config['distill']['pca_keep']} --pca-images {config['distill']['pca_images']}"
+                 if any(s.method == "pca" for s in specs) else ""),
             teacher_arch=MODELS[TEACHER]["arch"],
             student_arch=MODELS[STUDENT]["arch"],
             dataset=as_json(config["dataset"]),
@@ -58,6 +61,7 @@ for cohort_id, specs in COHORTS.items():
         shell:
             "{params.launch} distill --runs {params.runs:q} --seed {params.seed}"
             " {params.phases} --lowpass-keep {params.keep}"
+            " {params.pca}"
             " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
             " --student-arch {params.student_arch:q} --runs-dir results/runs --state {params.state}"
             " {params.finished}"

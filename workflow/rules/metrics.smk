@@ -13,9 +13,12 @@ rule spectrum:
         "analysis"
     conda:
         "../envs/dyn.yaml"
+    params:
+        seed=ANALYSIS["control_seed"],
     threads: 1
     shell:
-        "dyn metrics spectrum --capture {input} --out {output.nc} --threads {threads} > {log} 2>&1"
+        "dyn metrics spectrum --capture {input} --out {output.nc} --seed {params.seed} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule entropy:
@@ -33,10 +36,11 @@ rule entropy:
     params:
         bins=ANALYSIS["entropy_bins"],
         entropy_range=ANALYSIS["entropy_range"],
+        seed=ANALYSIS["control_seed"],
     threads: 1
     shell:
         "dyn metrics entropy --capture {input} --out {output.nc} --bins {params.bins}"
-        " --entropy-range {params.entropy_range} --threads {threads} > {log} 2>&1"
+        " --entropy-range {params.entropy_range} --seed {params.seed} --threads {threads} > {log} 2>&1"
 
 
 rule magnitude:
@@ -75,6 +79,10 @@ rule phases:
         "analysis"
     conda:
         "../envs/dyn.yaml"
+    params:
+        min_rise=ANALYSIS["u_min_rise"],
+        alpha=ANALYSIS["u_alpha"],
+        seed=ANALYSIS["control_seed"],
     shell:
         "dyn metrics phases --entropy {input.entropy} --magnitude {input.magnitude} --spectrum {input.spectrum}"
-        " --out {output.csv} > {log} 2>&1"
+        " --min-rise {params.min_rise} --alpha {params.alpha} --seed {params.seed} --out {output.csv} > {log} 2>&1"

@@ -181,41 +181,65 @@ class LayerMeans:
             slot[1] += n
 
     def means(self) -> dict:
-        """{name: per-layer means}: a list of arrays for the spectrum, a float array otherwise."""
+        """{name: per-layer means}: a list of arrays for spectra, a float array otherwise."""
         out = {}
         for name, per_layer in self.totals.items():
             values = [per_layer[layer][0] / per_layer[layer][1] for layer in sorted(per_layer)]
-            out[name] = values if name == "spectrum" else np.asarray(values, dtype=np.float64)
+            out[name] = values if name.startswith("spectrum") else np.asarray(values, dtype=np.float64)
         return out
+
+
+def _kept_attrs(capture_path: str | Path) -> dict:
+    """The capture's attributes and per-layer channel counts, or {} where the file cannot be read here
+    (iter_layer_blocks then says in one line what is wrong with it)."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(capture_path) as root:
+            return {**root.__dict__, "channels": np.asarray(root["channels"][:], dtype=int)}
+    except (OSError, ValueError, IndexError):
+        return {}
 
 
 def capture_range(capture_path: str | Path, samples_per_block: int | None = None) -> tuple:
     """The `global` entropy range of a capture file: (min, max) over every real value (all layers,
     images, channels and positions; NaN padding excluded). `dyn capture` keeps it in the attributes
     `value_min` and `value_max`; a file without them is read once to find it."""
-    import netCDF4
-
     from .capture import iter_layer_blocks
 
-    try:
-        with netCDF4.Dataset(capture_path) as root:
-            kept = [getattr(root, name, None) for name in ("value_min", "value_max")]
-    except (OSError, ValueError):  # iter_layer_blocks says in one line what is wrong with the file
-        kept = [None]
-    if None not in kept:
-        return tuple(np.float32(v) for v in kept)
+    kept = _kept_attrs(capture_path)
+    if "value_min" in kept and "value_max" in kept:
+        return np.float32(kept["value_min"]), np.float32(kept["value_max"])
     return global_range(block for _, block in iter_layer_blocks(capture_path, samples_per_block))
+
+
+class _PerSample:
+    """Per-layer lists of per-sample arrays, block by block, stacked at the end."""
+
+    def __init__(self):
+        self.parts: dict[int, list] = {}
+
+    def add(self, layer: int, values: np.ndarray) -> None:
+        self.parts.setdefault(layer, []).append(values)
+
+    def stacked(self) -> list[np.ndarray]:
+        return [np.concatenate(self.parts[layer]) for layer in sorted(self.parts)]
 
 
 def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_BINS,
                    samples_per_block: int | None = None, progress: bool = False, workers: int = 1,
-                   entropy_range: str = "global") -> dict:
+                   entropy_range: str = "global", permutation_seed: int = 0) -> dict:
     """Per-layer values of several metrics of a capture file, in one pass over its blocks (memory: one
     block). `workers` threads run the spectrum's FFT; `entropy_range`: `global` or `vector` (see the
-    module's docstring). Returns {name: values}: a list of per-layer arrays for the spectrum (lengths
-    may differ between CNN stages), a float array (layers,) otherwise, and with the entropy
-    `sample_entropy`: each image's mean entropy per layer, (layers, samples), and `entropy_range`:
-    the (min, max) of the global range (None for `vector`)."""
+    module's docstring); `permutation_seed`: the controls' fixed channel orders (controls.py).
+
+    Returns {name: values}: a list of per-layer arrays for the spectrum (lengths may differ between CNN
+    stages), a float array (layers,) otherwise. With the spectrum also `spectrum_perm` (the same with each
+    layer's channels in a fixed random order, the channel-order control). With the entropy also `sample_entropy` (each
+    image's mean entropy per layer, (layers, samples)), `entropy_range` (the global range's (min, max), or
+    None) and, where the layers' widths differ, `sample_entropy_matched` (the same on vectors of the
+    narrowest width, `matched_channels`; None where all widths are equal)."""
+    from . import controls
     from .capture import iter_layer_blocks
 
     unknown = [name for name in names if name not in METRICS]
@@ -224,29 +248,47 @@ def stream_metrics(capture_path: str | Path, names=METRICS, bins: int = DEFAULT_
     if entropy_range not in ENTROPY_RANGES:
         raise ValueError(f"unknown entropy range '{entropy_range}': valid are {', '.join(ENTROPY_RANGES)}")
     bounds = capture_range(capture_path) if "entropy" in names and entropy_range == "global" else None
-    means, per_sample = LayerMeans(), {}
+    widths = _kept_attrs(capture_path).get("channels", np.zeros(0, dtype=int))
+    matched = int(widths.min()) if "entropy" in names and len(set(widths.tolist())) > 1 else None
+    means, per_sample = LayerMeans(), {key: _PerSample() for key in ("entropy", "matched")}
     for layer, block in iter_layer_blocks(capture_path, samples_per_block, progress=progress, desc="+".join(names)):
         x = channel_major(block)
-        sums = block_sums(x, [name for name in names if name != "entropy"], bins, workers)
-        if "entropy" in names:  # kept per image too: the phases' bootstrap resamples images
+        sums = block_sums(x, [name for name in names if name not in ("entropy", "spectrum")], bins, workers)
+        order = controls.channel_permutation(x.shape[1], permutation_seed, layer)
+        if "spectrum" in names:  # as it is, and with the layer's channels in a fixed random order
+            positions = x.shape[0] * x.shape[2]
+            sums["spectrum"] = (spectrum_total(x, workers), positions)
+            sums["spectrum_perm"] = (spectrum_total(x[:, order], workers), positions)
+        if "entropy" in names:  # kept per image too: the phases' tests resample and split images
             entropies = position_entropies(x, bins, bounds)
             sums["entropy"] = (float(entropies.sum()), entropies.size)
-            per_sample.setdefault(layer, []).append(entropies.mean(axis=1))
+            per_sample["entropy"].add(layer, entropies.mean(axis=1))
+            if matched is not None:
+                per_sample["matched"].add(layer, controls.matched_entropies(x, matched, order, bins, bounds))
         means.add(layer, sums)
     values = means.means()
-    if per_sample:
-        values["sample_entropy"] = np.stack([np.concatenate(per_sample[layer]) for layer in sorted(per_sample)])
-        values["entropy_range"] = bounds
+    if "entropy" in names:
+        values.update(sample_entropy=np.stack(per_sample["entropy"].stacked()), entropy_range=bounds,
+                      matched_channels=matched,
+                      sample_entropy_matched=np.stack(per_sample["matched"].stacked()) if matched else None)
     return values
 
 
+def _padded_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """1-d arrays of different lengths as rows of one array, NaN beyond each one's own length."""
+    out = np.full((len(rows), max(len(row) for row in rows)), np.nan)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS, progress: bool = False,
-                   workers: int = 1, entropy_range: str = "global"):
+                   workers: int = 1, entropy_range: str = "global", permutation_seed: int = 0):
     """An xarray Dataset holding one metric of a capture file, with the capture's attrs."""
     import xarray as xr
 
     streamed = stream_metrics(capture_path, (name,), bins, progress=progress, workers=workers,
-                              entropy_range=entropy_range)
+                              entropy_range=entropy_range, permutation_seed=permutation_seed)
     values = streamed[name]
     with xr.open_dataset(capture_path) as capture:
         attrs = dict(capture.attrs)
@@ -255,16 +297,18 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
         labels = capture["label"].values if "label" in capture.coords else None
     attrs.update(metric=name, source=str(capture_path))
     layer = np.arange(len(values))
+    per_image = {"sample": samples, **({"label": ("sample", labels)} if labels is not None else {})}
     if name == "spectrum":
-        width = max(len(v) for v in values)
-        padded = np.full((len(values), width), np.nan)
-        for i, v in enumerate(values):
-            padded[i, :len(v)] = v
-        ds = xr.Dataset({"spectrum": (("layer", "frequency"), padded),
+        ds = xr.Dataset({"spectrum": (("layer", "frequency"), _padded_rows(values)),
+                         "spectrum_perm": (("layer", "frequency"), _padded_rows(streamed["spectrum_perm"])),
                          "intensity": ("layer", [float(np.mean(v)) for v in values])},
-                        coords={"layer": layer, "frequency": np.arange(width), "channels": ("layer", channels)})
+                        coords={"layer": layer, "channels": ("layer", channels)})
+        ds = ds.assign_coords(frequency=np.arange(ds.sizes["frequency"]))
+        attrs["permutation_seed"] = permutation_seed
         ds["spectrum"].attrs.update(long_name="mean |FFT along channels| / C over positions",
                                     note="NaN beyond a layer's own channel count")
+        ds["spectrum_perm"].attrs.update(long_name="the same with the layer's channels in a fixed random order "
+                                                   "(the channel-order control; seed: permutation_seed, layer)")
         ds["intensity"].attrs.update(long_name="average frequency intensity: the spectrum's mean over the "
                                                "layer's C channel frequencies")
     else:
@@ -276,8 +320,14 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
                              range_max=float(streamed["entropy_range"][1]))
             ds[name].attrs.update(units="bits", long_name="mean Shannon entropy of the channel vector")
             ds["sample_entropy"] = (("layer", "sample"), streamed["sample_entropy"])
-            ds = ds.assign_coords(sample=samples, **({"label": ("sample", labels)} if labels is not None else {}))
+            ds = ds.assign_coords(**per_image)
             ds["sample_entropy"].attrs.update(units="bits", long_name="each image's mean entropy per layer")
+            if streamed["sample_entropy_matched"] is not None:
+                attrs.update(matched_channels=streamed["matched_channels"], permutation_seed=permutation_seed)
+                ds["sample_entropy_matched"] = (("layer", "sample"), streamed["sample_entropy_matched"])
+                ds["sample_entropy_matched"].attrs.update(
+                    units="bits", long_name="each image's mean entropy per layer on vectors of matched_channels "
+                                            "channels (the width control)")
         else:
             ds[name].attrs.update(long_name="mean absolute activation")
     ds.attrs = attrs
@@ -285,7 +335,8 @@ def metric_dataset(capture_path: str | Path, name: str, bins: int = DEFAULT_BINS
 
 
 def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int = DEFAULT_BINS,
-                 progress: bool = False, workers: int = 1, entropy_range: str = "global") -> Path:
+                 progress: bool = False, workers: int = 1, entropy_range: str = "global",
+                 permutation_seed: int = 0) -> Path:
     """`dyn metrics NAME`: `out` (.nc) and a long-form .csv beside it, both written atomically."""
     from ..errors import UserError
     from ..workflow.atomic import atomic_path, write_text
@@ -293,7 +344,7 @@ def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int
     if not Path(capture_path).is_file():
         raise UserError(f"capture file not found: {capture_path}")
     out = Path(out)
-    ds = metric_dataset(capture_path, name, bins, progress, workers, entropy_range)
+    ds = metric_dataset(capture_path, name, bins, progress, workers, entropy_range, permutation_seed)
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
     columns = [name, "intensity"] if name == "spectrum" else [name]

@@ -2,9 +2,9 @@
 directory's files.
 
 Outputs per run (README, "What comes out"): summary.json (written last: a summary means the run is
-complete), log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), and
-for ProjectorKD projector.safetensors. The resumable state of the whole cohort lives in
-`state_path`, outside them.
+complete), log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), for
+ProjectorKD projector.safetensors and for the `pca` translator pca.safetensors. The resumable state of
+the whole cohort lives in `state_path`, outside them.
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from timm.task import DistillationTeacher
+from torch.utils.data import Subset
 
 from .. import __version__
-from ..data import build_dataset, num_classes
+from ..data import build_dataset, build_transform, num_classes, stack
 from ..errors import UserError
 from ..models import create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
 from ..workflow import layers
@@ -74,11 +76,15 @@ class RunSetup:
     recipe: Recipe
     snapshots: Snapshots
     lowpass_keep: float = 0.25
+    pca_keep: float = 0.25
+    pca_images: int = 256
 
     def fingerprint(self, world_size: int) -> str:
+        # The pca settings only in a pca run's: changing them does not retrain (or un-resume) the others.
+        pca = (self.pca_keep, self.pca_images) if self.spec.method == "pca" else ()
         return fingerprint_of(self.spec, self.pairs, self.teacher_arch, self.teacher_sha256, self.student_arch,
                               self.dataset_cfg, self.recipe.to_dict(), dataclasses.asdict(self.snapshots),
-                              self.lowpass_keep, world_size)
+                              self.lowpass_keep, *pca, world_size)
 
 
 def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
@@ -100,7 +106,8 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
 def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
             snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
-            lowpass_keep: float = 0.25, finished_dir: str | Path | None = None) -> list[dict] | None:
+            lowpass_keep: float = 0.25, finished_dir: str | Path | None = None, pca_keep: float = 0.25,
+            pca_images: int = 256) -> list[dict] | None:
     """Train a cohort of students of one teacher, one architecture and one seed (one spec: a plain run),
     each for its own epochs; write each run's directory (`out_dirs`, in the order of `specs`); return their
     summaries (None off the main process).
@@ -110,8 +117,10 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     whose loss is not finite stops, the others finish and are written, then NonFiniteLoss names it.
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
     `teacher_phases`: the teacher's phases.csv, for `auto` layer specs; `lowpass_keep`: the share of
-    channel frequencies the `lowpass` method keeps of the teacher's maps; `finished_dir`: where finished
-    runs are kept, and from where a run finished before under the same key is restored, not trained.
+    channel frequencies the `lowpass` method keeps of the teacher's maps; `pca_keep`, `pca_images`: the
+    share of each aligned teacher layer's principal directions the `pca` method keeps, and the number of
+    training images they are estimated on (once per cohort, before training); `finished_dir`: where
+    finished runs are kept, and from where a run finished before under the same key is restored, not trained.
     """
     started = time.perf_counter()
     state_path = Path(state_path) if state_path else None
@@ -122,7 +131,8 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     try:
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
         setups = [RunSetup(spec, spec_pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch,
-                           dataset_cfg, recipe, snapshots, lowpass_keep) for spec, spec_pairs in zip(specs, pairs)]
+                           dataset_cfg, recipe, snapshots, lowpass_keep, pca_keep, pca_images)
+                  for spec, spec_pairs in zip(specs, pairs)]
         keys = [finished.reuse_key(setup.fingerprint(world.size), world.device.type) for setup in setups]
         kept = [finished_dir is not None and finished.is_kept(finished_dir, spec.run_id, key)
                 for spec, key in zip(specs, keys)]
@@ -198,7 +208,8 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
             tasks.append(LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
                                                temperature=recipe.temperature, beta=setup.spec.beta,
                                                label_smoothing=recipe.label_smoothing, device=world.device,
-                                               lowpass_keep=setup.lowpass_keep).to(world.device))
+                                               lowpass_keep=setup.lowpass_keep,
+                                               pca_keep=setup.pca_keep).to(world.device))
         streams.append(stream)
         if world.is_main:
             log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", setup.spec.run_id,
@@ -207,6 +218,7 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
     train, val = split_batches(dataset_cfg, student, recipe, first.spec.seed, world)
     snapshot_images = first.snapshots.images(dataset_cfg, student, recipe)
     shared = SharedTeacher(tasks)
+    _estimate_translators(setups, tasks, shared, student, world)
     if recipe.teacher_cache and train.tensors is not None:
         # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
         shared.build_cache(train.tensors[0], recipe.eval_batch_size, world.device)
@@ -223,6 +235,69 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
         log.info("cohort of %d students: one data stream, one teacher forward per batch (teacher layers %s)",
                  len(members), shared.layers)
     return members, shared, train, val, snapshot_images
+
+
+def pca_subset(dataset_cfg: dict, model: torch.nn.Module, recipe: Recipe, n: int, seed: int) -> Subset:
+    """The images the `pca` translator is estimated on: `n` training images (all of them if fewer), drawn
+    by `seed` and kept in dataset order, through `model`'s evaluation transform (no augmentation)."""
+    train = build_dataset(dataset_cfg, "train", build_transform(model, train=False, recipe=recipe.to_dict()))
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
+    return Subset(train, [int(i) for i in chosen])
+
+
+def _estimate_translators(setups: list[RunSetup], tasks: list[LayerDistillationTask], shared: SharedTeacher,
+                          student: torch.nn.Module, world) -> None:
+    """Give each `pca` student its teacher layers' principal directions, estimated once per (layer, keep)
+    for the whole cohort before training, from the cohort seed's subset of training images. Nothing here
+    draws from a random stream: a student's estimate is the same alone and in any cohort."""
+    wanted = [(setup, task) for setup, task in zip(setups, tasks) if setup.spec.method == "pca"]
+    if not wanted:
+        return
+    started = time.perf_counter()
+    recipe, estimates, used = setups[0].recipe, {}, {}
+    for n in sorted({setup.pca_images for setup, _ in wanted}):
+        subset = pca_subset(setups[0].dataset_cfg, student, recipe, n, setups[0].spec.seed)
+        used[n] = len(subset)
+        requests = {(layer, setup.pca_keep) for setup, task in wanted if setup.pca_images == n
+                    for layer in task.teacher_layers}
+        found = shared.estimate_pca(stack(subset)[0], requests, recipe.eval_batch_size, world.device)
+        estimates.update({(layer, keep, n): pca for (layer, keep), pca in found.items()})
+    for setup, task in wanted:
+        task.set_translators({layer: estimates[(layer, setup.pca_keep, setup.pca_images)]
+                              for layer in task.teacher_layers}, images=used[setup.pca_images])
+    if world.is_main:
+        log.info("pca: the teacher's principal directions from %s training image(s) in %.2f s: %s",
+                 ", ".join(map(str, used.values())), time.perf_counter() - started,
+                 "; ".join(f"layer {layer}, keep {keep:g}: {pca.components.shape[1]} of {pca.components.shape[0]} "
+                           f"directions, {100 * pca.explained:.1f}% of the variance"
+                           for (layer, keep, _), pca in sorted(estimates.items())))
+
+
+def _write_pca(path: Path, task: LayerDistillationTask) -> None:
+    """A `pca` run's translators, as trained against: per aligned teacher layer t, `layer{t}.mean` (C,),
+    `layer{t}.components` (C, k, orthonormal columns, largest variance first), `layer{t}.explained` (the
+    share of the layer's channel variance they hold)."""
+    from safetensors.torch import save_file
+
+    from ..workflow.atomic import atomic_path
+
+    tensors = {}
+    for layer, pca in task.translators.items():
+        tensors[f"layer{layer}.mean"] = pca.mean.detach().cpu().contiguous()
+        tensors[f"layer{layer}.components"] = pca.components.detach().cpu().contiguous()
+        tensors[f"layer{layer}.explained"] = torch.tensor(pca.explained, dtype=torch.float64)
+    # One metadata entry, as save_weights writes: safetensors orders several at random, and the bytes
+    # would differ run to run. The settings (pca_keep, pca_images, the seed) are in summary.json.
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+
+
+def _pca_summary(task: LayerDistillationTask) -> dict:
+    """A `pca` run's summary fields; the per-layer lists follow `pairs`."""
+    translators = [task.translators[layer] for layer in task.teacher_layers]
+    return {"pca_keep": task.pca_keep, "pca_images": task.translator_images,
+            "pca_components": [int(pca.components.shape[1]) for pca in translators],
+            "pca_explained": [pca.explained for pca in translators]}
 
 
 def _prepare(task: LayerDistillationTask, recipe: Recipe, world) -> None:
@@ -244,6 +319,8 @@ def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_secon
         save_weights(task.get_eval_model(ema=True), out_dir / "student_ema.safetensors")
     if task.projector() is not None:
         save_weights(task.projector(), out_dir / "projector.safetensors")
+    if spec.method == "pca":
+        _write_pca(out_dir / "pca.safetensors", task)
     _write_log_csv(out_dir / "log.csv", history.rows)
     attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
              "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
@@ -251,12 +328,13 @@ def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_secon
              "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
              "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
     write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
-    summary = _summary(setup, history, world, wall_seconds, cohort)
+    summary = _summary(setup, history, world, wall_seconds, cohort, task)
     write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[str]) -> dict:
+def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[str],
+             task: LayerDistillationTask | None = None) -> dict:
     spec, recipe = setup.spec, setup.recipe
     final = history.rows[-1]
     best = max(history.rows, key=lambda row: row["top1"])
@@ -276,6 +354,7 @@ def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
         "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(setup.snapshots),
         **({"lowpass_keep": setup.lowpass_keep} if spec.method == "lowpass" else {}),
+        **(_pca_summary(task) if spec.method == "pca" else {}),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),

@@ -1,8 +1,9 @@
-"""Distillation losses: soft KD on logits, and the two feature losses on aligned (B, C, H, W) maps."""
+"""Distillation losses: soft KD on logits, the two feature losses on aligned (B, C, H, W) maps, and the
+two encoding translators of a teacher map (a channel low-pass; its top principal directions)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -62,6 +63,71 @@ def lowpass_channels(x: torch.Tensor, keep: float) -> torch.Tensor:
     spectrum = torch.fft.rfft(x.float(), dim=1)
     spectrum[:, math.ceil(keep * (c // 2)) + 1:] = 0
     return torch.fft.irfft(spectrum, n=c, dim=1)
+
+
+def pca_components(keep: float, channels: int) -> int:
+    """How many principal directions the `pca` translator keeps of a C-channel layer: max(1, ceil(keep C))
+    (rounded first, so that 0.3 x 10 is 3, not 4)."""
+    return max(1, math.ceil(round(keep * channels, 9)))
+
+
+class ChannelMoments:
+    """Running channel mean and covariance of (B, C, H, W) maps over every image and position, in float64.
+
+    Sums are taken about a shift (the first batch's mean), so a large mean costs no precision."""
+
+    def __init__(self):
+        self.count = 0
+        self.shift = self.sum = self.outer = None
+
+    def add(self, x: torch.Tensor) -> None:
+        vectors = x.detach().movedim(1, -1).reshape(-1, x.shape[1]).double()  # (positions, C)
+        if self.shift is None:
+            self.shift = vectors.mean(dim=0)
+            self.sum = torch.zeros_like(self.shift)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=vectors.device)
+        centred = vectors - self.shift
+        self.count += centred.shape[0]
+        self.sum += centred.sum(dim=0)
+        self.outer += centred.T @ centred
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.sum / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """The unbiased covariance (n - 1), as np.cov."""
+        centre = self.sum / self.count
+        return (self.outer - self.count * torch.outer(centre, centre)) / max(self.count - 1, 1)
+
+
+class ChannelPCA(NamedTuple):
+    """The `pca` translator of one layer: its channel mean (C,), its top principal directions as the
+    orthonormal columns of `components` (C, k), and the share of the channel variance they explain."""
+
+    mean: torch.Tensor
+    components: torch.Tensor
+    explained: float
+
+
+def channel_pca(moments: ChannelMoments, keep: float) -> ChannelPCA:
+    """The top max(1, ceil(keep C)) eigenvectors of the channel covariance (float64, on the CPU: the same
+    LAPACK on every device), largest first."""
+    covariance = moments.covariance().cpu()
+    values, vectors = torch.linalg.eigh(covariance)  # ascending
+    k = pca_components(keep, covariance.shape[0])
+    values, vectors = values.flip(0), vectors.flip(1)
+    total = float(values.clamp(min=0).sum())
+    explained = float(values[:k].clamp(min=0).sum()) / total if total > 0 else 1.0
+    return ChannelPCA(moments.mean().cpu(), vectors[:, :k].contiguous(), explained)
+
+
+def pca_project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+    """The order-free encoding translator: each position's channel vector of a (B, C, H, W) map projected
+    onto the layer's top principal directions, m + V V^T (x - m), C channels again (float32). Permuting
+    the channels of the maps the estimate came from permutes the result the same way."""
+    mean, components = mean.to(x.device, torch.float32), components.to(x.device, torch.float32)
+    centred = x.float().movedim(1, -1) - mean
+    return ((centred @ components) @ components.T + mean).movedim(-1, 1)
 
 
 class ChannelProjector(nn.Module):

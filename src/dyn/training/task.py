@@ -8,7 +8,7 @@ deterministic inputs.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -52,11 +52,13 @@ class LayerDistillationTask(LogitDistillationTask):
     """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps); L_feat is
     SpectralKD's (`spectral`), ProjectorKD's with a frozen random projection as the authors' code runs it
     (`projector`) or with a trained one as the paper describes it (`projector_trained`), or SpectralKD's
-    against the teacher's maps low-passed along channels (`lowpass`)."""
+    against the teacher's maps low-passed along channels (`lowpass`) or projected onto their top principal
+    directions (`pca`: `set_translators` gives the estimate, once, before training)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]],
                  method: str = "softkd", alpha: float = 0.9, temperature: float = 1.0, beta: float = 0.0,
-                 label_smoothing: float = 0.0, device: torch.device | None = None, lowpass_keep: float = 0.25):
+                 label_smoothing: float = 0.0, device: torch.device | None = None, lowpass_keep: float = 0.25,
+                 pca_keep: float = 0.25):
         if method not in METHODS:
             raise ValueError(f"unknown method '{method}': valid methods are {', '.join(METHODS)}")
         if method == "softkd":
@@ -71,6 +73,9 @@ class LayerDistillationTask(LogitDistillationTask):
         self.method = method
         self.beta = beta
         self.lowpass_keep = lowpass_keep
+        self.pca_keep = pca_keep
+        self.translators: dict[int, losses.ChannelPCA] = {}  # `pca`: per aligned teacher layer
+        self.translator_images: int | None = None  # `pca`: the number of images they were estimated on
         self.pairs = list(pairs)
         self.teacher_layers = [t for _, t in self.pairs]
         student_layers = [s for s, _ in self.pairs]
@@ -93,6 +98,9 @@ class LayerDistillationTask(LogitDistillationTask):
         if self.pairs:
             if self.method == "lowpass":  # the encoding translator, then SpectralKD
                 teacher_maps = [losses.lowpass_channels(m, self.lowpass_keep) for m in teacher_maps]
+            elif self.method == "pca":  # the order-free translator, then SpectralKD
+                teacher_maps = [losses.pca_project(m, *self._translator(t)[:2])
+                                for m, t in zip(teacher_maps, self.teacher_layers)]
             if self.method in PROJECTOR_METHODS:  # `maps` are projected and normalised already
                 feature_loss = losses.projector_loss(maps, teacher_maps, self.projector().teacher_norms)
             else:
@@ -101,6 +109,24 @@ class LayerDistillationTask(LogitDistillationTask):
             result["feat_loss"] = feature_loss
         result["loss"] = total
         return result
+
+    def set_translators(self, translators: dict[int, losses.ChannelPCA], images: int | None = None) -> None:
+        """`pca`: the teacher's principal directions of each aligned teacher layer (SharedTeacher.estimate_pca),
+        kept on the task's device in float32; `images`: how many images they were estimated on."""
+        missing = sorted(set(self.teacher_layers) - set(translators))
+        if missing:
+            raise ValueError(f"no principal directions for teacher layer(s) {missing}")
+        self.translators = {layer: losses.ChannelPCA(translators[layer].mean.to(self.device, torch.float32),
+                                                     translators[layer].components.to(self.device, torch.float32),
+                                                     translators[layer].explained)
+                            for layer in self.teacher_layers}
+        self.translator_images = images
+
+    def _translator(self, layer: int) -> losses.ChannelPCA:
+        if layer not in self.translators:
+            raise RuntimeError("method 'pca' needs the teacher's principal directions: call set_translators "
+                               "(SharedTeacher.estimate_pca) before training")
+        return self.translators[layer]
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> nn.Module:
         """torch.compile the student's training and eval forwards (SharedTeacher.compile does the teacher)."""
@@ -171,6 +197,25 @@ class SharedTeacher:
         self.cache = TeacherOutputs(torch.cat([p.logits for p in parts]),
                                     {layer: torch.cat([p.maps[layer] for p in parts]) for layer in self.layers})
         return self.cache
+
+    def estimate_pca(self, images: torch.Tensor, requests: Iterable[tuple[int, float]], batch_size: int,
+                     device: torch.device) -> dict[tuple[int, float], losses.ChannelPCA]:
+        """The `pca` translators of a cohort: for each requested (teacher layer, keep), the layer's channel
+        mean and top principal directions over every image and position of `images`, through the teacher
+        as `forward` runs it (inference mode, the student's normalisation re-normalised to the teacher's),
+        in float32 outside autocast, covariance in float64. One teacher pass for all the layers, one
+        covariance per layer, one eigendecomposition per (layer, keep)."""
+        requests = sorted(set(requests))
+        layers = sorted({layer for layer, _ in requests})
+        moments = {layer: losses.ChannelMoments() for layer in layers}
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            for start in range(0, images.shape[0], batch_size):
+                x = self.teacher.normalize_input(images[start:start + batch_size].to(device), self.student_mean,
+                                                 self.student_std)
+                _, maps = features(self.teacher.model, x, layers, with_logits=True)
+                for layer, fmap in zip(layers, maps):
+                    moments[layer].add(fmap)
+        return {(layer, keep): losses.channel_pca(moments[layer], keep) for layer, keep in requests}
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **kwargs) -> None:
         self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **kwargs)

@@ -10,9 +10,10 @@ from . import layers
 from ..errors import UserError
 
 # projector: ProjectorKD as the authors' code runs it (frozen random projection); projector_trained: its
-# projection trained, as the paper describes it; lowpass: SpectralKD against a low-passed teacher.
+# projection trained, as the paper describes it; lowpass: SpectralKD against a low-passed teacher; pca:
+# SpectralKD against the teacher projected onto its top principal directions (order-free).
 # The order is the report's: Table 1's rows sort by METHODS.index.
-METHODS = ("softkd", "spectral", "projector", "projector_trained", "lowpass")
+METHODS = ("softkd", "spectral", "projector", "projector_trained", "lowpass", "pca")
 
 
 @dataclass(frozen=True)
