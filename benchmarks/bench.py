@@ -23,7 +23,7 @@ import numpy as np
 from bench_cohort import bench_cohort
 
 OUT = Path("results/bench")
-SECTIONS = ("metrics", "memory", "capture", "train", "cohort", "dag")
+SECTIONS = ("metrics", "memory", "calibration", "capture", "train", "cohort", "dag")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -127,12 +127,26 @@ def bench_metrics(repeats: int) -> list[dict]:
         root.delncattr("value_max")
     two_pass_s = median_time(lambda: run(dyn, "metrics", "entropy", "--capture", str(unkept), "--out",
                                          str(OUT / "entropy_two_pass.nc")), repeats)
+    phases_s = median_time(lambda: run(dyn, "metrics", "phases", "--entropy", str(OUT / "entropy.nc"), "--magnitude",
+                                       str(OUT / "magnitude.nc"), "--spectrum", str(OUT / "spectrum.nc"), "--out",
+                                       str(OUT / "phases.csv")), repeats)
+    rows.append(row("metrics: `dyn metrics phases` of that capture's three metric files (one process, start-up "
+                    "included)", "a 30 s budget", phases_s, 30.0, phases_s / 30.0, "time ratio (ours / budget)",
+                    "< 1", phases_s < 30, file=shape))
     for what, seconds in (("`dyn metrics entropy --entropy-range vector`", vector_s),
                           ("`dyn metrics entropy` of a capture without its kept range (a first pass finds it)",
                            two_pass_s)):
         rows.append(row(f"metrics: {what}", "the same xarray read", seconds, read_s, seconds / read_s,
                         "time ratio (ours / read)", "-", None, file=shape))
     return rows
+
+
+# -- calibration -----------------------------------------------------------------------------------
+def bench_calibration(runs: int = 2000) -> list[dict]:
+    """How often the U test calls a U on each synthetic null and on a U of the paper's size."""
+    from dyn.analysis import nulls
+
+    return nulls.calibration(runs)
 
 
 # -- memory ----------------------------------------------------------------------------------------
@@ -357,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    calibration = []
     sections = {"metrics": lambda: bench_metrics(args.repeats), "memory": bench_memory,
+                "calibration": lambda: calibration.extend(bench_calibration()) or [],
                 "capture": lambda: bench_capture(args.repeats, args.capture_arch, device=args.capture_device),
                 "train": lambda: bench_train(args.repeats), "cohort": lambda: bench_cohort(row),
                 "dag": lambda: bench_dag(args.repeats)}
@@ -369,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**r, "section": section})
         print(f"[{section}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
     print_table(rows)
+    for r in calibration:
+        print(f"U test: {r['u_rate']:6.1%} U on {r['runs']} draws of {r['what']} (min_rise {r['min_rise']:g})")
     from dyn.workflow.atomic import write_json
 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -376,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                "numpy": np.__version__, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
                                                             / 2**30, 1),
                "load_average_at_end": os.getloadavg()}
-    write_json(args.out, {"machine": machine, "seconds": round(time.perf_counter() - started, 1), "rows": rows})
+    write_json(args.out, {"machine": machine, "seconds": round(time.perf_counter() - started, 1), "rows": rows,
+                          "calibration": calibration})
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 

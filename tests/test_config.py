@@ -34,7 +34,7 @@ def test_default_config_is_valid_and_mirrors_table1_and_beyond(default, schema):
     table1 = {"softkd_none_b0_e20", "softkd_none_b0_e40", "spectral_First1+Last1_b0.2_e20", "spectral_First1_b0.2_e20",
               "spectral_Last1_b0.2_e20", "spectral_Last1_b0.1_e20", "spectral_Last8_b0.2_e20",
               "projector_First1_b0.2_e20", "projector_Last1_b0.2_e20", "projector_First1+Last1_b0.2_e20",
-              "spectral_Last1_b0.2_e40", "spectral_auto_b0.2_e20", "lowpass_Last1_b0.2_e20"}
+              "spectral_Last1_b0.2_e40", "lowpass_Last1_b0.2_e20", "pca_Last1_b0.2_e20"}
     assert runs == {f"{point}_s{seed}" for point in table1 for seed in (0, 1, 2)}
 
 

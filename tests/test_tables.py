@@ -92,3 +92,33 @@ def test_paper_top1_at_epoch_is_the_authors_final_epoch_where_the_setup_is_their
     tables.write_table1(paths, tmp_path / "table1.csv")
     written = {r["run"]: r["paper_top1_at_epoch"] for r in csv.DictReader((tmp_path / "table1.csv").open())}
     assert written["softkd_none_b0_e300_s2"] == "76.9460" and written["spectral_Last1_b0.1_e300_s0"] == ""
+
+
+def test_a_phase_specific_run_is_compared_with_its_control_paired_by_seed(tmp_path):
+    # auto2 against First2 (as many pairs from the first blocks): deltas +1, +2, +3, mean 2, sd 1,
+    # half-width t(0.975, 2) / sqrt(3) = 2.484138; plain `auto` with 2 pairs gets the same control.
+    extra = []
+    for seed, (auto, first) in enumerate([(78.0, 77.0), (79.0, 77.0), (80.0, 77.0)]):
+        extra += [dict(_summary("spectral", "auto2", 0.2, 300, seed, auto, auto), pairs=[[0, 0], [3, 6]]),
+                  dict(_summary("spectral", "auto", 0.2, 300, seed, auto, auto), pairs=[[0, 0], [3, 6]]),
+                  _summary("spectral", "First2", 0.2, 300, seed, first, first)]
+    summary = {r["layers"]: r for r in tables.summary_rows(tables.table1_rows(SUMMARIES + extra))}
+    for layers in ("auto2", "auto"):
+        row = summary[layers]
+        assert row["control"] == "First2" and row["control_delta_mean"] == pytest.approx(2.0)
+        assert (row["control_ci_low"], row["control_ci_high"]) == pytest.approx((2 - 2.484138, 2 + 2.484138))
+    assert "control" not in summary["First2"] and "control" not in summary["Last1"]
+    assert tables.control_layers("Last1", 1) is None and tables.control_layers("auto", 0) is None
+    out = tmp_path / "table1.csv"
+    tables.write_table1(_write(tmp_path, SUMMARIES + extra), out)
+    assert "against its control First2 (as many pairs from the first blocks): +2.00 (-0.48 to +4.48)" in \
+        out.with_suffix(".md").read_text()
+
+
+def _write(tmp_path, summaries):
+    paths = []
+    for i, summary in enumerate(summaries):
+        path = tmp_path / f"s{i}.json"
+        path.write_text(json.dumps(summary))
+        paths.append(path)
+    return paths

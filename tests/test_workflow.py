@@ -45,7 +45,8 @@ def test_dry_run_of_the_default_config(repo, env):
     # 39 runs in 6 cohorts: 11 runs of 20 epochs and 2 of 40, in each of 3 seeds.
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
                       "phases": 3, "distill": 6, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
-                      "figure_spectrum": 3, "figure_evolution": 1, "figure_curves": 1, "total": 33}
+                      "figure_spectrum": 3, "figure_evolution": 1, "figure_curves": 1, "phases_summary": 1,
+                      "total": 34}
     cohorts = cohorts_listed(result.stdout)
     assert sorted(cohorts) == [f"cohort_e{e}_s{s}" for e in (20, 40) for s in range(3)]
     assert cohorts["cohort_e40_s1"] == ["softkd_none_b0_e40_s1", "spectral_Last1_b0.2_e40_s1"]
@@ -90,9 +91,8 @@ def test_one_runs_summary_builds_its_cohort(repo, env):
 def test_table1_target_builds_only_what_the_table_needs(repo, env):
     result = snakemake(["-n", "--cores", "2", "results/table1.csv", "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
-    # The `auto` runs need the teacher's phases: its capture and metrics, not the other models'.
-    assert job_counts(result.stdout) == {"fetch": 1, "capture": 1, "spectrum": 1, "entropy": 1, "magnitude": 1,
-                                         "phases": 1, "distill": 6, "table1": 1, "total": 13}
+    # The teacher's checkpoint and the runs: no model's analysis (the digits grid has no `auto` run).
+    assert job_counts(result.stdout) == {"fetch": 1, "distill": 6, "table1": 1, "total": 8}
 
 
 def test_dry_run_of_the_paper_config(repo, env):
@@ -100,15 +100,17 @@ def test_dry_run_of_the_paper_config(repo, env):
     result = snakemake(["-n", "-p", "--cores", "4", "--resources", "gpu=4", "--configfile", "config/paper.yaml",
                         "--forceall"], repo, env)
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {"fetch": 5, "capture": 5, "spectrum": 5, "entropy": 5, "magnitude": 5,
-                                         "phases": 5, "distill": 2, "table1": 1, "figure_profiles": 1,
-                                         "figure_phases": 1, "figure_spectrum": 5, "figure_evolution": 1,
-                                         "figure_curves": 1, "all": 1, "total": 43}
-    # The paper's 9 students of 300 epochs (and our 2 beyond it) in one cohort, its 2 of 500 in another.
-    assert {k: len(v) for k, v in cohorts_listed(result.stdout).items()} == {"cohort_e300_s0": 11, "cohort_e500_s0": 2}
+    # Five models analysed, and the teacher once more on training images (`auto` chooses its layers there).
+    counts = job_counts(result.stdout)
+    assert {rule: counts[rule] for rule in ("fetch", "capture", "spectrum", "entropy", "magnitude", "phases",
+                                            "distill", "table1")} == {
+        "fetch": 5, "capture": 6, "spectrum": 6, "entropy": 6, "magnitude": 6, "phases": 6, "distill": 2, "table1": 1}
+    assert "results/activations/cait_s24@train.nc" in result.stdout and "--split train" in result.stdout
+    # The paper's 9 students of 300 epochs (and our 4 beyond it) in one cohort, its 2 of 500 in another.
+    assert {k: len(v) for k, v in cohorts_listed(result.stdout).items()} == {"cohort_e300_s0": 13, "cohort_e500_s0": 2}
     # Four GPUs per cohort: each starts torchrun on four free GPU slots.
     assert result.stdout.count("dyn gpu-run --gpus 4 -- torchrun --standalone --nproc_per_node=4 -m dyn.cli distill") == 2
-    assert "--teacher-phases results/metrics/cait_s24/phases.csv" in result.stdout
+    assert "--teacher-phases results/metrics/cait_s24@train/phases.csv" in result.stdout
 
 
 def test_lint_passes(repo, env):
@@ -154,17 +156,14 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert "| spectral | First1+Last1 | 0.2 | 2 | 1 |" in (results / "table1.md").read_text()
     rows = list(csv.DictReader((results / "table1.csv").open()))
     assert [r["run"] for r in rows] == ["softkd_none_b0_e2_s0", "spectral_First1+Last1_b0.2_e2_s0",
-                                        "spectral_auto_b0.2_e2_s0", "projector_Last1_b0.2_e2_s0",
-                                        "lowpass_Last1_b0.2_e2_s0"]
+                                        "projector_Last1_b0.2_e2_s0", "lowpass_Last1_b0.2_e2_s0",
+                                        "pca_Last1_b0.2_e2_s0"]
     for row in rows:
         assert 0 <= float(row["top1"]) <= float(row["top5"]) <= 100
         assert math.isclose(float(row["delta_top1"]), float(row["top1"]) - float(rows[0]["top1"]), abs_tol=1e-3)
-    # `auto` aligned the teacher's compression phase, from its phases file, and says which pairs it chose.
-    bottleneck = next(r for r in csv.DictReader((results / "metrics" / "cait" / "phases.csv").open())
-                      if r["phase"] == "bottleneck")
-    auto = json.loads((results / "runs" / "spectral_auto_b0.2_e2_s0" / "summary.json").read_text())
-    assert auto["pairs"] and all(t <= int(bottleneck["layer"]) for _, t in auto["pairs"])
     assert json.loads((results / "runs" / "lowpass_Last1_b0.2_e2_s0" / "summary.json").read_text())["lowpass_keep"] == 0.25
+    pca = json.loads((results / "runs" / "pca_Last1_b0.2_e2_s0" / "summary.json").read_text())
+    assert pca["pca_keep"] == 0.25 and (results / "runs" / "pca_Last1_b0.2_e2_s0" / "pca.safetensors").is_file()
 
     assert not (tmp_path / "resources" / "checkpoints" / "deit.safetensors").exists()  # the student is not analysed
     for name in ["profiles", "phases", "evolution", "curves", "spectrum_cait", "spectrum_resnet"]:
@@ -208,7 +207,7 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
     for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png", "curves.png",
-                 "spectrum_cait.png", "spectrum_resnet.png"] + [f"{m}/phases.csv" for m in depth]:
+                 "spectrum_cait.png", "spectrum_resnet.png", "phases.md"] + [f"{m}/phases.csv" for m in depth]:
         assert name in html, name
     assert html.count('"data_uri": "data:image/png;') == 6 and html.count('"data_uri": "data:text/csv;') == 4
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html

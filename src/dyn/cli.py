@@ -302,6 +302,18 @@ def report_phases(phases_files, out, formats):
     phases(phases_files, out, _formats(formats))
 
 
+@report.command("phases-summary")
+@click.argument("phases_files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown file to write.")
+def report_phases_summary(phases_files, out):
+    """Each model's phases in words (Markdown), read only from its phases.nc."""
+    _setup(None)
+    from .report.summary import write_phases_summary
+
+    write_phases_summary(phases_files, out)
+    log.info("wrote %s (%d models)", out, len(phases_files))
+
+
 @report.command("spectrum")
 @click.option("--spectrum", "spectrum_file", required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, help="Output path without extension.")

@@ -1,10 +1,11 @@
-# Activations of N fixed validation images, every layer, into NetCDF. In the group `analysis` with
-# the metric jobs of the same model: on a cluster the four run as one job (local runs ignore groups).
+# Activations of N fixed validation images, every layer, into NetCDF (`<key>@train`: of training images).
+# In the group `analysis` with the metric jobs of the same model: on a cluster the four run as one job
+# (local runs ignore groups).
 
 
 rule capture:
     input:
-        checkpoint="resources/checkpoints/{model}.safetensors",
+        checkpoint=lambda wc: checkpoint_path(model_key(wc.model)),
     output:
         "results/activations/{model}.nc",
     log:
@@ -16,7 +17,9 @@ rule capture:
     conda:
         "../envs/dyn.yaml"
     params:
-        arch=lambda wc: MODELS[wc.model]["arch"],
+        name=lambda wc: model_key(wc.model),
+        arch=lambda wc: MODELS[model_key(wc.model)]["arch"],
+        split=lambda wc: split_of(wc.model),
         dataset=as_json(config["dataset"]),
         num_images=ANALYSIS["num_images"],
         sample=ANALYSIS["sample"],
@@ -31,7 +34,7 @@ rule capture:
     resources:
         gpu=ONE_GPU,
     shell:
-        "{params.launch} capture --name {wildcards.model} --arch {params.arch:q} --checkpoint {input.checkpoint}"
+        "{params.launch} capture --name {params.name} --arch {params.arch:q} --split {params.split} --checkpoint {input.checkpoint}"
         " --out {output} --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
         " --transform {params.transform} --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"

@@ -64,10 +64,24 @@ def checkpoint_path(model):
     return f"resources/checkpoints/{model}.safetensors"
 
 
+# `<key>@train` names a model's analysis on training images: `auto` layer specs choose the teacher's
+# layers on them, so that no student is evaluated on the images its layers were chosen with.
+SELECTION = "@train"
+
+
+def model_key(model):
+    """The config key of a model wildcard (`cait` of `cait@train`)."""
+    return model.removesuffix(SELECTION)
+
+
+def split_of(model):
+    return "train" if model.endswith(SELECTION) else "val"
+
+
 def teacher_phases(spec):
-    """The teacher's phases.csv for a run whose layer spec is `auto` or `autoK`, else nothing."""
+    """The teacher's phases.csv on training images for a run whose layer spec is `auto` or `autoK`."""
     if spec.method != "softkd" and dyn_layers.is_auto(spec.layers):
-        return [f"results/metrics/{TEACHER}/phases.csv"]
+        return [f"results/metrics/{TEACHER}{SELECTION}/phases.csv"]
     return []
 
 

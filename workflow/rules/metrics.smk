@@ -75,6 +75,8 @@ rule phases:
         nc="results/metrics/{model}/phases.nc",
     log:
         "results/logs/metrics/{model}/phases.log",
+    benchmark:
+        "results/benchmarks/phases/{model}.tsv"
     group:
         "analysis"
     conda:

@@ -48,8 +48,24 @@ rule figure_phases:
         "../envs/dyn.yaml"
     params:
         formats=",".join(FORMATS),
+        min_rise=ANALYSIS["u_min_rise"],  # for the caption: what the U test the rings stand for tested against
+        alpha=ANALYSIS["u_alpha"],
     shell:
         "dyn report phases {input} --out results/figures/phases --formats {params.formats} > {log} 2>&1"
+
+
+rule phases_summary:
+    input:
+        expand("results/metrics/{model}/phases.nc", model=ANALYSIS["models"]),
+    output:
+        report("results/phases.md", caption="../report/phases_summary.rst", category="Analysis",
+               labels={"table": "phases summary"}),
+    log:
+        "results/logs/report/phases_summary.log",
+    conda:
+        "../envs/dyn.yaml"
+    shell:
+        "dyn report phases-summary {input} --out {output} > {log} 2>&1"
 
 
 rule figure_spectrum:

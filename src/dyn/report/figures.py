@@ -1,5 +1,8 @@
 """The paper's figures from metric, evolution and run files: profiles, spectrum heatmaps, entropy evolution,
-top-1 curves; where a run's setup is the paper's, the authors' published numbers (`dyn.paper`) beside ours."""
+top-1 curves; where a run's setup is the paper's, the authors' published numbers (`dyn.paper`) beside ours.
+Each figure draws what the files support: entropy profiles with a bootstrap band over the images, channel
+spectra and low-pass scores beside their channel-permuted controls, a bottleneck only where phases.nc shows
+a U."""
 from __future__ import annotations
 
 import csv
@@ -20,6 +23,11 @@ from ..workflow.atomic import atomic_path  # noqa: E402
 from ..workflow.runs import METHODS  # noqa: E402
 
 PAPER_GID = "paper"  # the gid of every line drawn from the authors' numbers (tests look for it)
+BAND_GID = "bootstrap"  # the profiles figure's per-model 95% bootstrap bands over the images
+RING_GID = "bottleneck"  # the phases figure's rings: a bottleneck, only where the file shows a U
+CONTROL_GID = "control"  # the phases figure's channel-permuted low-pass scores
+N_BOOTSTRAP = 1000  # resamplings of the images behind each entropy band
+BOOTSTRAP_SEED = 0
 
 
 def save(fig, out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -50,10 +58,25 @@ def intensity(ds: xr.Dataset, source: str | Path = "a spectrum file") -> np.ndar
     return np.array([np.mean(row[:c]) for row, c in zip(spectrum, channels)])
 
 
+def bootstrap_band(sample_entropy: np.ndarray, n: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
+                   level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer percentile interval (95% by default) of the mean over images of a (layers, images) array,
+    over `n` resamplings of the images with replacement (seeded): the same resampled images for every layer."""
+    values = np.asarray(sample_entropy, dtype=np.float64)
+    images = values.shape[1]
+    counts = np.random.default_rng(seed).multinomial(images, np.full(images, 1.0 / images), size=n)
+    means = counts @ values.T / images  # (draws, layers)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return low, high
+
+
 def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str | Path], out_base: str | Path,
              formats: Sequence[str] = ("png", "pdf"), spectrum_files: Sequence[str | Path] = ()) -> list[Path]:
     """Per-layer entropy, magnitude and (with `spectrum_files`) average frequency intensity of each model
-    against relative depth (0 = first layer, 1 = last): models of different depths share the panels."""
+    against relative depth (0 = first layer, 1 = last): models of different depths share the panels. Around
+    each entropy profile whose file holds per-image entropies (`sample_entropy`), a 95% bootstrap band over
+    the images (gid BAND_GID)."""
     panels = [(entropy_files, "entropy"), (magnitude_files, "magnitude")]
     if spectrum_files:
         panels.append((spectrum_files, "intensity"))
@@ -67,7 +90,11 @@ def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str 
                 values = intensity(ds, path) if name == "intensity" else ds[name].values
                 depth = np.linspace(0, 1, len(values)) if len(values) > 1 else np.zeros(1)
                 kind = ds.attrs.get("layer_kind", "layer")
-                ax.plot(depth, values, marker="o", ms=3, label=f"{_label(ds, Path(path).parent.name)}, {len(values)} {kind}s")
+                line, = ax.plot(depth, values, marker="o", ms=3,
+                                label=f"{_label(ds, Path(path).parent.name)}, {len(values)} {kind}s")
+                if name == "entropy" and "sample_entropy" in ds and ds["sample_entropy"].shape[0] == len(values):
+                    low, high = bootstrap_band(ds["sample_entropy"].values)
+                    ax.fill_between(depth, low, high, color=line.get_color(), alpha=0.2, lw=0, gid=BAND_GID)
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.set_ylabel(ylabels[name])
         ax.set_title(f"per-layer {name}")
@@ -75,33 +102,61 @@ def profiles(entropy_files: Sequence[str | Path], magnitude_files: Sequence[str 
         if name != "entropy":
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)
+    if any(c.get_gid() == BAND_GID for c in axes[0].collections):
+        axes[0].set_title(f"per-layer entropy (band: 95% bootstrap over the images, {N_BOOTSTRAP} draws)",
+                          fontsize=9)
     shown = "entropy, magnitude and frequency intensity" if spectrum_files else "entropy and magnitude"
     fig.suptitle(f"Per-layer {shown} of {len(entropy_files)} model(s)")
     return save(fig, out_base, formats)
 
 
-def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
-                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Layer x channel-frequency heatmap of the mean FFT magnitude (log colour), frequency k/C in 0..0.5."""
-    with load_netcdf(spectrum_file, "spectrum file", ["spectrum", "channels"]) as ds:
-        spectrum = ds["spectrum"].values
-        channels = ds["channels"].values.astype(int)
-        label = _label(ds, Path(spectrum_file).parent.name)
-        kind = ds.attrs.get("layer_kind", "layer")
-    grid = np.linspace(0.0, 0.5, int(channels.max()) // 2 + 1)
+def _frequency_rows(spectrum: np.ndarray, channels: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each layer's one-sided spectrum (k = 0..C/2) resampled onto the frequency grid k/C in 0..0.5, log10."""
     rows = []
     for values, c in zip(spectrum, channels):
         half = values[: c // 2 + 1]
         rows.append(np.interp(grid, np.arange(len(half)) / c, half))
-    image = np.log10(np.maximum(np.array(rows), 1e-12))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    # Rows are blocks (stages) counted from 1, as the paper counts layers.
-    mesh = ax.imshow(image, aspect="auto", origin="lower", extent=(0, 0.5, 0.5, len(rows) + 0.5), cmap="magma")
-    fig.colorbar(mesh, ax=ax, label="log10 mean |F[k]|")
-    ax.set_xlabel("channel frequency k / C")
-    ax.set_ylabel(f"{kind} (1 = first)")
-    ax.set_title(f"Mean channel spectrum of each {kind}: {label}")
-    return save(fig, out_base, formats)
+    return np.log10(np.maximum(np.array(rows), 1e-12))
+
+
+def spectrum_heatmap(spectrum_file: str | Path, out_base: str | Path,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Layer x channel-frequency heatmap of the mean FFT magnitude (log colour), frequency k/C in 0..0.5;
+    beside it, where the file has it, the same of `spectrum_perm` (each layer's channels in a fixed random
+    order: the channel-order control), on the same colour scale."""
+    return save(spectrum_figure(spectrum_file), out_base, formats)
+
+
+def spectrum_figure(spectrum_file: str | Path):
+    """The figure of `spectrum_heatmap`: one image panel, or two with the channel-permuted control."""
+    with load_netcdf(spectrum_file, "spectrum file", ["spectrum", "channels"]) as ds:
+        spectrum = ds["spectrum"].values
+        control = ds["spectrum_perm"].values if "spectrum_perm" in ds else None
+        channels = ds["channels"].values.astype(int)
+        label = _label(ds, Path(spectrum_file).parent.name)
+        kind = ds.attrs.get("layer_kind", "layer")
+    grid = np.linspace(0.0, 0.5, int(channels.max()) // 2 + 1)
+    images = [_frequency_rows(spectrum, channels, grid)]
+    titles = ["channels in the network's order" if control is not None
+              else f"Mean channel spectrum of each {kind}: {label}"]
+    if control is not None:
+        images.append(_frequency_rows(control, channels, grid))
+        titles.append("channels permuted (control)")
+    finite = np.concatenate([image[np.isfinite(image)] for image in images])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+    fig, axes = plt.subplots(1, len(images), figsize=(6 * len(images), 4), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, image, title in zip(axes[0], images, titles):
+        # Rows are blocks (stages) counted from 1, as the paper counts layers.
+        mesh = ax.imshow(image, aspect="auto", origin="lower", extent=(0, 0.5, 0.5, len(image) + 0.5), cmap="magma",
+                         vmin=vmin, vmax=vmax)
+        ax.set_xlabel("channel frequency k / C")
+        ax.set_title(title, fontsize=9 if control is not None else None)
+    axes[0, 0].set_ylabel(f"{kind} (1 = first)")
+    fig.colorbar(mesh, ax=list(axes[0]), label="log10 mean |F[k]|")
+    if control is not None:
+        fig.suptitle(f"Mean channel spectrum of each {kind} of {label}, and the same with its channels permuted")
+    return fig
 
 
 def evolution(evolution_files: Sequence[str | Path], out_base: str | Path,
@@ -149,26 +204,55 @@ def evolution_figure(evolution_files: Sequence[str | Path]):
 
 
 def phases(phases_files: Sequence[str | Path], out_base: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Each model's low-pass score (left) and entropy (right) against relative depth, transformers solid
-    and CNNs dashed, the entropy minimum ringed: the paper's comparison of ViT and CNN layers in one picture."""
+    """Each model's low-pass score beside its channel-permuted control (left) and the entropy the U test
+    reads (right) against relative depth, transformers solid and CNNs dashed; a model's bottleneck ringed
+    only where its phases.nc shows a U (`u_shape` 1)."""
+    return save(phases_figure(phases_files), out_base, formats)
+
+
+def phases_figure(phases_files: Sequence[str | Path]):
+    """The figure of `phases`: rings have gid RING_GID, the control lines CONTROL_GID."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for path in phases_files:
         with load_netcdf(path, "phases file", ["relative_depth", "lowpass", "entropy"]) as ds:
-            depth, bottleneck = ds["relative_depth"].values, int(ds.attrs["bottleneck_layer"])
+            depth = ds["relative_depth"].values
+            u_shape = int(ds.attrs.get("u_shape", 0)) == 1
+            bottleneck = int(ds.attrs.get("bottleneck_layer", -1))
             style = "-" if ds.attrs.get("layer_kind", "block") == "block" else "--"
-            label = f"{_label(ds, Path(path).parent.name)}, {ds.sizes['layer']} {ds.attrs.get('layer_kind', 'layer')}s"
-            for ax, name in zip(axes, ("lowpass", "entropy")):
-                line, = ax.plot(depth, ds[name].values, style, marker="o", ms=3, label=label)
-                ax.plot(depth[bottleneck], ds[name].values[bottleneck], "o", ms=9, mfc="none", color=line.get_color())
-    axes[0].axhline(0.25, color="grey", ls=":", lw=1)
-    axes[0].set_ylabel("low-pass score (share of spectrum at k <= C/8)")
-    axes[1].set_ylabel("entropy of the channel vector (bits)")
+            kind = ds.attrs.get("layer_kind", "layer")
+            label = f"{_label(ds, Path(path).parent.name)}, {ds.sizes['layer']} {kind}s"
+            if u_shape:
+                ci = ds.attrs.get("bottleneck_block_ci")
+                within = f", 95% CI {ci[0]:g}-{ci[1]:g}" if ci is not None and len(np.atleast_1d(ci)) == 2 else ""
+                label += f": U, bottleneck {kind} {bottleneck + 1}{within}"
+            else:
+                label += ": no U shown"
+            entropy = ds["entropy_tested"].values if "entropy_tested" in ds else ds["entropy"].values
+            control = ds["lowpass_perm"].values if "lowpass_perm" in ds else None
+            if control is None or not np.isfinite(control).any():
+                label += " (no channel-order control)"
+            colour = None
+            for ax, values in zip(axes, (ds["lowpass"].values, entropy)):
+                line, = ax.plot(depth, values, style, marker="o", ms=3, color=colour,
+                                label=label if ax is axes[0] else None)
+                colour = line.get_color()
+                if u_shape and 0 <= bottleneck < len(values):
+                    ax.plot(depth[bottleneck], values[bottleneck], "o", ms=9, mfc="none", color=colour, gid=RING_GID)
+            if control is not None and np.isfinite(control).any():
+                axes[0].plot(depth, control, ":", marker="x", ms=3, lw=0.9, alpha=0.6, color=colour, gid=CONTROL_GID)
+    axes[0].axhline(0.25, color="grey", ls="-", lw=0.8)
+    axes[0].plot([], [], ":", marker="x", ms=3, lw=0.9, color="grey", label="each: channels permuted (control)")
+    axes[0].set_ylabel("low-pass score (share at k <= C/8; 0.25 flat)")
+    axes[0].set_title("low-pass score, and with channels permuted (dotted)", fontsize=9)
+    axes[1].set_ylabel("entropy the U test reads (bits)")
+    axes[1].set_title("entropy (ringed: the bottleneck of a U)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Low-pass score and entropy of every layer (ringed: each model's entropy minimum)")
-    return save(fig, out_base, formats)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 4 else 1, fontsize=7)
+    fig.suptitle("Every layer's low-pass score beside its channel-order control, and its entropy")
+    return fig
 
 
 def read_run_log(path: str | Path) -> dict[int, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from ..workflow.runs import METHODS
 COLUMNS = ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5", "best_top1", "delta_top1",
            "best_delta_top1", "paper_top1_at_epoch")
 SUMMARY_COLUMNS = ("method", "layers", "beta", "epochs", "n_seeds", "top1_mean", "top1_sd", "delta_mean",
-                   "delta_ci_low", "delta_ci_high", "best_top1_mean", "best_delta_mean")
+                   "delta_ci_low", "delta_ci_high", "best_top1_mean", "best_delta_mean", "control",
+                   "control_delta_mean", "control_ci_low", "control_ci_high")
 # The paper's Table 1 (CaiT-S24 -> DeiT-Tiny, ImageNet-1k): the best epoch's top-1 of each run, as in
 # the authors' published logs (github.com/thy960112/Distillation-Dynamics, Distillation_Logs), which
 # match the paper's printed values; Last8 and Last1 at beta 0.1 from the paper's text (no log published).
@@ -48,6 +50,7 @@ def table1_rows(summaries: list[dict]) -> list[dict]:
     rows = [{key: summary[key] for key in COLUMNS if key in summary} for summary in summaries]
     for row, summary in zip(rows, summaries):
         row["paper_top1_at_epoch"] = paper_top1_at_epoch(summary)
+        row["n_pairs"] = len(summary.get("pairs") or [])  # an `auto` run's control aligns as many
     for row in rows:
         for value, delta in (("top1", "delta_top1"), ("best_top1", "best_delta_top1")):
             reference = _softkd_reference(rows, row["epochs"], row["seed"], value)
@@ -72,32 +75,53 @@ def _softkd_reference(rows: list[dict], epochs: int, seed: int, value: str) -> f
     return statistics.fmean(r[value] for r in softkd) if softkd else None
 
 
-def summary_rows(rows: list[dict]) -> list[dict]:
-    """One row per grid point (method, layers, beta, epochs) over its seeds; the deltas are paired by seed
-    with SoftKD at the same epochs, the interval a 95% Student-t interval of their mean."""
+def paired_delta(runs: list[dict], reference: dict[int, dict], value: str = "top1") -> tuple[float, float, float]:
+    """(mean, 95% Student-t interval) over seeds of a run's `value` minus the reference run's of the same
+    seed; NaN where no seed pairs (the interval also with one)."""
     from scipy import stats
 
+    deltas = [r[value] - reference[r["seed"]][value] for r in runs if r["seed"] in reference]
+    if not deltas:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(deltas)
+    if len(deltas) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(deltas) - 1) * statistics.stdev(deltas) / math.sqrt(len(deltas))
+    return mean, mean - half, mean + half
+
+
+def control_layers(layers: str, n_pairs: int) -> str | None:
+    """The control of a phase-specific run: `autoK` (or `auto` with K pairs) against `FirstK`, as many
+    aligned pairs from the first blocks, so that the phase and the number of pairs can be told apart."""
+    match = re.fullmatch(r"auto([1-9][0-9]*)?", layers)
+    if match is None or not (match.group(1) or n_pairs):
+        return None
+    return f"First{match.group(1) or n_pairs}"
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """One row per grid point (method, layers, beta, epochs) over its seeds; the deltas are paired by seed
+    with SoftKD at the same epochs, the interval a 95% Student-t interval of their mean. A phase-specific
+    (`auto`) row is also compared, paired by seed, with its control (`control_layers`) where the grid has it."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["layers"], row["beta"], row["epochs"]), []).append(row)
     out = []
     for (method, layers, beta, epochs), runs in groups.items():
         softkd = {r["seed"]: r for r in rows if r["method"] == "softkd" and r["epochs"] == epochs}
-        paired = [r for r in runs if r["seed"] in softkd]
-        deltas = [r["top1"] - softkd[r["seed"]]["top1"] for r in paired]
-        best_deltas = [r["best_top1"] - softkd[r["seed"]]["best_top1"] for r in paired]
-        low = high = math.nan
-        if len(deltas) > 1:
-            half = stats.t.ppf(0.975, len(deltas) - 1) * statistics.stdev(deltas) / math.sqrt(len(deltas))
-            low, high = statistics.fmean(deltas) - half, statistics.fmean(deltas) + half
+        delta, low, high = paired_delta(runs, softkd)
         top1 = [r["top1"] for r in runs]
-        out.append({
-            "method": method, "layers": layers, "beta": beta, "epochs": epochs, "n_seeds": len(runs),
-            "top1_mean": statistics.fmean(top1), "top1_sd": statistics.stdev(top1) if len(top1) > 1 else math.nan,
-            "delta_mean": statistics.fmean(deltas) if deltas else math.nan, "delta_ci_low": low, "delta_ci_high": high,
-            "best_top1_mean": statistics.fmean(r["best_top1"] for r in runs),
-            "best_delta_mean": statistics.fmean(best_deltas) if best_deltas else math.nan,
-        })
+        row = {"method": method, "layers": layers, "beta": beta, "epochs": epochs, "n_seeds": len(runs),
+               "top1_mean": statistics.fmean(top1), "top1_sd": statistics.stdev(top1) if len(top1) > 1 else math.nan,
+               "delta_mean": delta, "delta_ci_low": low, "delta_ci_high": high,
+               "best_top1_mean": statistics.fmean(r["best_top1"] for r in runs),
+               "best_delta_mean": paired_delta(runs, softkd, "best_top1")[0]}
+        control = control_layers(layers, max(r.get("n_pairs", 0) for r in runs))
+        controls = {r["seed"]: r for r in groups.get((method, control, beta, epochs), [])}
+        if controls:
+            row["control"] = control
+            row["control_delta_mean"], row["control_ci_low"], row["control_ci_high"] = paired_delta(runs, controls)
+        out.append(row)
     return sorted(out, key=_order)
 
 
@@ -138,7 +162,17 @@ def markdown(summary: list[dict], teacher: str | None, student: str | None) -> s
     note = ("Δ: top-1 minus SoftKD's at the same epochs, paired by seed; the interval is a 95% Student-t interval "
             "of the mean over seeds (none with one seed). An interval that contains 0 does not separate the run "
             "from SoftKD.")
+    controls = [f"- {r['method']} {r['layers']} b{r['beta']:g}, {r['epochs']} epochs, against its control "
+                f"{r['control']} (as many pairs from the first blocks): {_signed(r, 'control')}"
+                for r in summary if r.get("control")]
+    if controls:
+        note += "\n\nPhase-specific runs against their controls, paired by seed:\n\n" + "\n".join(controls)
     return f"Teacher {teacher}, student {student}.\n\n" + "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def _signed(row: dict, prefix: str) -> str:
+    mean, low, high = (row[f"{prefix}_{k}"] for k in ("delta_mean", "ci_low", "ci_high"))
+    return f"{mean:+.2f}" + ("" if math.isnan(low) else f" ({low:+.2f} to {high:+.2f})")
 
 
 def write_table1(summary_paths: list[str | Path], out: str | Path) -> list[dict]:
