@@ -1,15 +1,14 @@
 """Run a model over fixed images and stream its per-layer activations into a NetCDF file.
 
-The file contract (README, "What comes out"): variable `activation` with dims (layer, sample,
-channel, y, x), chunked by (1 layer, a block of samples), with the standard zlib + shuffle filters
-when compressed; coords `layer`, `sample` (index into the dataset split) and `label` (its class);
-attrs model, arch, checkpoint_sha256, dataset, split,
-layer_kind, dyn_version, created, and value_min / value_max (the range of every real value: the
-entropy's global range, kept so the entropy needs one pass). Layers of different shapes (CNN stages) share the array: each is
-stored in the leading (channels, height, width) corner, the rest is NaN, and the per-layer coords
-`channels`, `height` and `width` say how much of the corner is real. Files are written and read
-through netCDF4, one block of samples of one layer at a time, so memory stays one block. Reading
-needs no torch.
+The file contract (docs/architecture.md, "File contracts"): variable `activation` with dims
+(layer, sample, channel, y, x), chunked by (1 layer, a block of samples), with the standard zlib +
+shuffle filters when compressed; coords `layer`, `sample` (index into the dataset split) and `label`
+(its class); attrs model, arch, checkpoint_sha256, dataset, split, layer_kind, dyn_version, created,
+and value_min / value_max (the range of every real value: the entropy's global range, kept so the
+entropy needs one pass). Layers of different shapes (CNN stages) share the array: each is stored in
+the leading (channels, height, width) corner, the rest is NaN, and the per-layer coords `channels`,
+`height` and `width` say how much of the corner is real. Files are written and read through netCDF4,
+one block of samples of one layer at a time, so memory stays one block. Reading needs no torch.
 """
 from __future__ import annotations
 

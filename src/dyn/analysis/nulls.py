@@ -1,7 +1,8 @@
 """Synthetic nulls for the phases' claims, and the rates at which the U test calls a U on them.
 
 The suite (tests/test_phases.py) checks the rates on a few hundred draws; `make bench` (section
-`calibration`) measures them on more and writes them to results/bench.json, whence the README's table.
+`calibration`) measures them on more and writes them to results/bench.json, whence the table in
+docs/beyond.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Distillation: a cohort of students (or one) from scratch against a teacher checkpoint -> each run
 directory's files.
 
-Outputs per run (README, "What comes out"): summary.json (written last: a summary means the run is
+Outputs per run (docs/architecture.md, "File contracts"): summary.json (written last: a summary means the run is
 complete), log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), for
 ProjectorKD projector.safetensors and for the `pca` translator pca.safetensors. The resumable state of
 the whole cohort lives in `state_path`, outside them.
