@@ -62,6 +62,20 @@ def test_curves_draw_the_authors_curve_exactly_for_the_papers_setups(tmp_path):
     assert mean.get_ydata()[-1] == pytest.approx(70.5)  # seeds 0 and 1 end at 70 and 71
 
 
+def test_loss_curves_draw_the_training_loss_and_the_authors_train_loss(tmp_path):
+    from dyn.paper import paper_curve
+
+    summaries = [_run(tmp_path, "spectral", "Last1", 0.2, 300, 0)]
+    ax = figures.curves_figure(summaries, "loss").axes[0]
+    assert ax.get_ylabel() == "training loss"
+    ours = next(line for line in ax.get_lines() if line.get_label() == "ours")
+    assert set(ours.get_ydata()) == {1.0}  # the log's `loss` column
+    theirs = next(line for line in ax.get_lines() if line.get_gid() == figures.PAPER_GID)
+    expected = [row["train_loss"] for row in paper_curve("spectral", "Last1", 0.2, 300, "cait_s24_224",
+                                                         "deit_tiny_patch16_224")]
+    assert list(theirs.get_ydata()) == expected
+
+
 def test_curves_command_writes_the_figure_and_a_teacher_not_the_papers_gets_no_overlay(tmp_path):
     summaries = [_run(tmp_path, "softkd", "none", 0.0, 300, 0, teacher="cait_digits")]
     assert figures.PAPER_GID not in sum(_panels(figures.curves_figure(summaries)).values(), [])

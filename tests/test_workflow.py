@@ -166,7 +166,7 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert pca["pca_keep"] == 0.25 and (results / "runs" / "pca_Last1_b0.2_e2_s0" / "pca.safetensors").is_file()
 
     assert not (tmp_path / "resources" / "checkpoints" / "deit.safetensors").exists()  # the student is not analysed
-    for name in ["profiles", "phases", "evolution", "curves", "spectrum_cait", "spectrum_resnet"]:
+    for name in ["profiles", "phases", "evolution", "curves", "curves_loss", "spectrum_cait", "spectrum_resnet"]:
         for fmt in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
 
@@ -206,10 +206,10 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     report = snakemake(["--report", "results/report.html", *workflow], tmp_path, env)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
-    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png", "curves.png",
+    for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png", "curves.png", "curves_loss.png",
                  "spectrum_cait.png", "spectrum_resnet.png", "phases.md"] + [f"{m}/phases.csv" for m in depth]:
         assert name in html, name
-    assert html.count('"data_uri": "data:image/png;') == 6 and html.count('"data_uri": "data:text/csv;') == 4
+    assert html.count('"data_uri": "data:image/png;') == 7 and html.count('"data_uri": "data:text/csv;') == 4
     assert "one row per distillation run" in html and "Channel spectrum of resnet" in html
     assert "Phases of resnet" in html and "low-pass score" in html
 

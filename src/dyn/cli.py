@@ -339,13 +339,15 @@ def report_evolution(evolution_files, out, formats):
 @report.command("curves")
 @click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, help="Output path without extension.")
+@click.option("--metric", type=click.Choice(["top1", "loss"]), default="top1", show_default=True,
+              help="Validation top-1 or the training loss.")
 @formats_option
-def report_curves(summaries, out, formats):
-    """Top-1 against epoch of each grid point, from run summary.json files (and the log.csv beside each),
-    with the authors' curve where the setup is the paper's."""
+def report_curves(summaries, out, metric, formats):
+    """Top-1 (or the training loss) against epoch of each grid point, from run summary.json files (and the
+    log.csv beside each), with the authors' curve where the setup is the paper's."""
     from .report.figures import curves
 
-    curves(summaries, out, _formats(formats))
+    curves(summaries, out, _formats(formats), metric)
 
 
 @cli.command("gpu-run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

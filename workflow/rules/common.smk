@@ -86,7 +86,8 @@ def teacher_phases(spec):
 
 
 def figure_paths():
-    names = ["profiles", "phases", "evolution", "curves"] + [f"spectrum_{model}" for model in ANALYSIS["models"]]
+    names = ["profiles", "phases", "evolution", "curves", "curves_loss"] + [
+        f"spectrum_{model}" for model in ANALYSIS["models"]]
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FORMATS]
 
 

@@ -106,6 +106,7 @@ rule figure_curves:
         logs=expand("results/runs/{run}/log.csv", run=RUNS),  # read beside each summary
     output:
         reported("results/figures/curves.{fmt}", "curves", "Distillation", "../report/curves.rst"),
+        reported("results/figures/curves_loss.{fmt}", "curves_loss", "Distillation", "../report/curves_loss.rst"),
     log:
         "results/logs/report/curves.log",
     conda:
@@ -113,4 +114,6 @@ rule figure_curves:
     params:
         formats=",".join(FORMATS),
     shell:
-        "dyn report curves {input.summaries} --out results/figures/curves --formats {params.formats} > {log} 2>&1"
+        "(dyn report curves {input.summaries} --out results/figures/curves --formats {params.formats}"
+        " && dyn report curves {input.summaries} --metric loss --out results/figures/curves_loss"
+        " --formats {params.formats}) > {log} 2>&1"

@@ -255,17 +255,23 @@ def phases_figure(phases_files: Sequence[str | Path]):
     return fig
 
 
-def read_run_log(path: str | Path) -> dict[int, float]:
-    """A run's log.csv as {epoch (1 = after the first): top-1 (%)}."""
+# What the curves figures draw: log.csv's column, the authors' log's column, the axis label, the title.
+CURVES = {"top1": ("top1", "test_acc1", "top-1 (%)", "Validation top-1 over training, each grid point"),
+          "loss": ("loss", "train_loss", "training loss", "Training loss over training, each grid point "
+                                                         "((1 - alpha) CE + alpha KD + beta feature loss)")}
+
+
+def read_run_log(path: str | Path, column: str = "top1") -> dict[int, float]:
+    """A run's log.csv as {epoch (1 = after the first): its `column` (top1 in %, or loss)}."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"run log not found: {path} (dyn distill writes it beside summary.json)")
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        if not rows or not {"epoch", "top1"} <= set(rows[0]):
-            raise UserError(f"run log {path} has no 'epoch' and 'top1' columns: not a log.csv dyn distill writes")
-        return {int(row["epoch"]): float(row["top1"]) for row in rows}
+        if not rows or not {"epoch", column} <= set(rows[0]):
+            raise UserError(f"run log {path} has no 'epoch' and '{column}' columns: not a log.csv dyn distill writes")
+        return {int(row["epoch"]): float(row[column]) for row in rows}
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as error:
         raise unreadable(path, "run log", error) from None
 
@@ -278,21 +284,23 @@ def _over_seeds(logs: list[dict[int, float]]) -> tuple[np.ndarray, ...]:
 
 
 def curves(summary_files: Sequence[str | Path], out_base: str | Path,
-           formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Top-1 against epoch of every grid point (method, layers, beta, epochs), one panel each, from each
-    run's summary.json and the log.csv beside it: the mean over seeds with a min..max band, SoftKD at the
-    same epochs thin grey, and where the setup is the paper's, the authors' curve dashed."""
-    return save(curves_figure(summary_files), out_base, formats)
+           formats: Sequence[str] = ("png", "pdf"), metric: str = "top1") -> list[Path]:
+    """Top-1 (or the training loss, `metric`) against epoch of every grid point (method, layers, beta,
+    epochs), one panel each, from each run's summary.json and the log.csv beside it: the mean over seeds
+    with a min..max band, SoftKD at the same epochs thin grey, and where the setup is the paper's, the
+    authors' curve dashed."""
+    return save(curves_figure(summary_files, metric), out_base, formats)
 
 
-def curves_figure(summary_files: Sequence[str | Path]):
+def curves_figure(summary_files: Sequence[str | Path], metric: str = "top1"):
     """The figure of `curves` (its lines from the authors' logs have gid PAPER_GID)."""
+    column, theirs_column, label, suptitle = CURVES[metric]
     groups: dict[tuple, list[tuple[dict, dict[int, float]]]] = {}
     for path in summary_files:
         summary = read_json(path, "run summary", ("run", "method", "layers", "beta", "epochs", "seed"))
         setup = setup_of(summary)
         key = (setup["method"], setup["layers"], setup["beta"], setup["epochs"], setup["teacher"], setup["student"])
-        groups.setdefault(key, []).append((setup, read_run_log(Path(path).with_name("log.csv"))))
+        groups.setdefault(key, []).append((setup, read_run_log(Path(path).with_name("log.csv"), column)))
     if not groups:
         raise UserError("no run summaries given: the curves figure needs at least one summary.json")
     order = sorted(groups, key=lambda k: (k[3], METHODS.index(k[0]) if k[0] in METHODS else len(METHODS),
@@ -316,16 +324,16 @@ def curves_figure(summary_files: Sequence[str | Path]):
         theirs = paper_curve(**runs[0][0])
         if theirs:
             # Their log counts epochs from 0, ours from 1: their epoch e is our epoch e + 1.
-            ax.plot([r["epoch"] + 1 for r in theirs], [r["test_acc1"] for r in theirs], "--", color="C3", lw=1.0,
+            ax.plot([r["epoch"] + 1 for r in theirs], [r[theirs_column] for r in theirs], "--", color="C3", lw=1.0,
                     gid=PAPER_GID, label=f"authors ({theirs[0]['log']})")
         title = method if method == "softkd" else f"{method} {layers} b{beta:g}"
         ax.set_title(f"{title}, {epochs} ep", fontsize=8)
         ax.set_xlabel("epoch (1 = after the first)", fontsize=8)
-        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes.flat[len(order):]:
         ax.axis("off")
-    fig.suptitle("Validation top-1 over training, each grid point")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
