@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 from bench_cohort import bench_cohort
 
 OUT = Path("results/bench")
-SECTIONS = ("metrics", "memory", "calibration", "capture", "train", "cohort", "dag")
+SECTIONS = ("metrics", "memory", "calibration", "capture", "train", "cohort", "live", "dag")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -316,6 +317,93 @@ def bench_train(repeats: int) -> list[dict]:
     ]
 
 
+# -- live: watching a job ------------------------------------------------------------------------
+LIVE_COHORT = [{"method": "softkd"}, {"method": "spectral", "layers": "First1+Last1", "beta": 0.2},
+               {"method": "projector", "layers": "Last1", "beta": 0.2}]
+
+
+def bench_live(repeats: int, epochs: int = 4) -> list[dict]:
+    """What watching a job costs: the same small digits cohort job (3 students, `dyn distill` processes
+    as the workflow starts them: a state file, one thread, the digits config's recipe and snapshots every
+    2 epochs) with the live run files, progress lines, progress.json and TensorBoard on (the defaults)
+    and off (DYN_LIVE=0, train.tensorboard: false), the two interleaved so that a change in the machine's
+    load hits both alike. Also checks that the students come out the same either way."""
+    import json
+
+    import timm
+    import torch
+    import yaml
+
+    import dyn.models  # noqa: F401  (the embedded architectures)
+    from bench_cohort import same_weights
+    from dyn.models import save_weights
+
+    dyn = str(Path(sys.executable).with_name("dyn"))
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        teacher = Path(tmp) / "cait.safetensors"
+        save_weights(timm.create_model("cait_digits"), teacher)  # untrained: the timing is the same
+
+        def command(on: bool, out: str) -> list[str]:
+            train = {**config["train"], "tensorboard": on}
+            return ["env", f"DYN_LIVE={int(on)}", dyn, "distill", "--runs", json.dumps(LIVE_COHORT), "--epochs",
+                    str(epochs), "--seed", "0", "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher),
+                    "--student-arch", "deit_digits", "--runs-dir", str(Path(tmp) / out), "--state",
+                    str(Path(tmp) / "state" / out / "last.pt"), "--evolution-every", "2", "--dataset",
+                    json.dumps(config["dataset"]), "--train", json.dumps(train), "--device", "cpu", "--threads", "1"]
+
+        _timed_cpu(command(True, "warm"))  # page cache, the venv's bytecode
+        times: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        watched_s = []  # what the "on" jobs say they spent watching themselves
+        for i in range(repeats):
+            for on in ((False, True) if i % 2 == 0 else (True, False)):  # neither arm always second
+                wall, cpu_s, log = _timed_cpu(command(on, f"{'on' if on else 'off'}{i}"))
+                times[on].append(wall)
+                cpu[on].append(cpu_s)
+                if on:
+                    found = re.search(r"watching it \(.*\) took ([\d.]+) s", log)
+                    watched_s.append(float(found.group(1)) / wall if found else float("nan"))
+        runs = sorted(p.parent.name for p in (Path(tmp) / "on0").glob("*/summary.json"))
+        same = len(runs) == len(LIVE_COHORT) and all(
+            same_weights(Path(tmp) / "off0" / run / "student.safetensors",
+                         Path(tmp) / "on0" / run / "student.safetensors") for run in runs)
+        watched = all((Path(tmp) / "on0" / run / "tensorboard").is_dir() and not (
+            Path(tmp) / "off0" / run / "tensorboard").exists() for run in runs)
+    on_s, off_s = statistics.median(times[True]), statistics.median(times[False])
+    ratio = on_s / off_s
+    cpu_ratio = statistics.median(cpu[True]) / statistics.median(cpu[False])
+    spread = (max(times[False]) - min(times[False])) / off_s  # how much the same job's time moves here
+    accounted = statistics.median(watched_s)
+    what = (f"distill: digits cohort, {len(LIVE_COHORT)} students x {epochs} epochs, CPU, 1 thread: live files, "
+            "progress lines, TensorBoard on")
+    # The wall ratio is the measure; where the machine moves one job's time by more than the 2% looked
+    # for (a shared machine), the jobs' own account of their watching time decides.
+    met = ratio <= 1.02 or (spread > 0.02 and accounted <= 0.02)
+    return [row(what, "the same job with them off (DYN_LIVE=0, train.tensorboard: false)", on_s, off_s, ratio,
+                "time ratio (on / off), medians", "<= 1.02", met, students_bit_identical=same,
+                accounted_share=round(accounted, 4), off_spread=round(spread, 4),
+                tensorboard_only_when_on=watched, seconds_on=[round(t, 2) for t in times[True]],
+                seconds_off=[round(t, 2) for t in times[False]], cpu_ratio=round(cpu_ratio, 4),
+                cpu_seconds_on=[round(t, 2) for t in cpu[True]], cpu_seconds_off=[round(t, 2) for t in cpu[False]])]
+
+
+def _timed_cpu(command: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and CPU seconds (user + system) of one process, start-up included (the CPU time is
+    less moved by other work on a shared machine), and its log."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the process
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(command[:4])} failed: {log.read().decode()[-2000:]}")
+        log.seek(0)
+        return seconds, usage.ru_utime + usage.ru_stime, log.read().decode()
+
+
 # -- workflow --------------------------------------------------------------------------------------
 def bench_dag(repeats: int) -> list[dict]:
     import yaml
@@ -351,6 +439,11 @@ def print_table(rows: list[dict]) -> None:
         if "peak_mib_ours" in r:
             print(f"   peak memory: ours {r['peak_mib_ours']} MiB, baseline {r['peak_mib_baseline']} MiB (largest "
                   f"process); students bit-identical: {r['students_bit_identical']}")
+        if "seconds_on" in r:
+            print(f"   wall s on {r['seconds_on']}, off {r['seconds_off']} (off's spread {r['off_spread']:.1%}); CPU s "
+                  f"on {r['cpu_seconds_on']}, off {r['cpu_seconds_off']} (ratio {r['cpu_ratio']}); the jobs' own "
+                  f"account: {r['accounted_share']:.2%} of their wall time watching; students bit-identical: "
+                  f"{r['students_bit_identical']}; tensorboard/ only when on: {r['tensorboard_only_when_on']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calibration": lambda: calibration.extend(bench_calibration()) or [],
                 "capture": lambda: bench_capture(args.repeats, args.capture_arch, device=args.capture_device),
                 "train": lambda: bench_train(args.repeats), "cohort": lambda: bench_cohort(row),
-                "dag": lambda: bench_dag(args.repeats)}
+                "live": lambda: bench_live(args.repeats), "dag": lambda: bench_dag(args.repeats)}
     rows: list[dict] = []
     started = time.perf_counter()
     for section in chosen:

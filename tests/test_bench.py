@@ -37,4 +37,4 @@ def test_loop_baseline_runs_and_unknown_section_is_one_line(capsys):
     bench.loop_metrics(np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32))
     assert bench.main(["--only", "metrics,speed"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "bench: error: unknown section(s) speed: valid are metrics, memory, calibration, capture, train, cohort, dag"]
+        "bench: error: unknown section(s) speed: valid are metrics, memory, calibration, capture, train, cohort, live, dag"]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 
 from conftest import tool
+from test_train import tensorboard_scalars
 
 DIGITS = '{"name": "digits", "val_fraction": 0.7}'  # 539 training images: fewer steps, the same paths
 TRAIN = json.dumps(dict(global_batch=64, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,
@@ -56,8 +57,10 @@ def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
         assert summary["batch_size_per_process"] == 64 and summary["cohort"] == run_ids(2)
         assert summary["lr"] == pytest.approx(2e-3) and summary["devices"] == ["cpu", "cpu"]
         assert sorted(p.name for p in (tmp_path / "two" / run).iterdir()) == [
-            "evolution.nc", "log.csv", "student.safetensors", "summary.json"]
+            "evolution.nc", "log.csv", "student.safetensors", "student_best.safetensors", "summary.json",
+            "tensorboard"]
         assert two.stderr.count(f"{run}: epoch 2/2") == 1, "only rank 0 logs epochs"
+        assert len(list((tmp_path / "two" / run / "tensorboard").glob("events.out.tfevents.*"))) == 1, "rank 0's"
 
         rows_one, rows_two = log_rows(tmp_path / "one" / run), log_rows(tmp_path / "two" / run)
         assert len(rows_two) == 2
@@ -65,6 +68,9 @@ def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
             assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=2e-3)
             assert float(b["top1"]) == pytest.approx(float(a["top1"]), abs=1.0)
         assert float(rows_two[-1]["loss"]) < float(rows_two[0]["loss"])
+    # one progress line per cohort (not per student) at each epoch's end (5 steps < log_interval), rank 0's
+    progress = [line for line in two.stderr.splitlines() if " progress " in line]
+    assert len(progress) == 2 and all("step 5/5 | " in line and "(2 students)" in line for line in progress)
 
 
 def _state_epoch(path):
@@ -93,6 +99,9 @@ def test_kill_9_of_a_cohort_then_rerun_resumes_every_student_bit_identical(teach
     killed_after = _state_epoch(state)
     assert 1 <= killed_after < epochs, "the run must die part-way"
     assert not any((tmp_path / "killed" / run / "summary.json").exists() for run in run_ids(epochs))
+    for run in run_ids(epochs):  # live files: a row per epoch, up to the state's (killed between the two: one less)
+        live = tmp_path / "killed" / run
+        assert (len(log_rows(live)) if (live / "log.csv").exists() else 0) in (killed_after - 1, killed_after)
 
     rerun = subprocess.run([tool("dyn"), *args], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -105,7 +114,14 @@ def test_kill_9_of_a_cohort_then_rerun_resumes_every_student_bit_identical(teach
             r["loss"] for r in log_rows(tmp_path / "killed" / run)]
         assert ((tmp_path / "whole" / run / "evolution.nc").read_bytes()
                 == (tmp_path / "killed" / run / "evolution.nc").read_bytes())
-    assert not state.exists()
+        assert ((tmp_path / "whole" / run / "student_best.safetensors").read_bytes()
+                == (tmp_path / "killed" / run / "student_best.safetensors").read_bytes())
+        curves = tensorboard_scalars(tmp_path / "killed" / run / "tensorboard")
+        assert [step for step, _ in curves["val/top1"]] == list(range(1, epochs + 1)), "each epoch once"
+        assert [v for _, v in curves["val/top1"]] == pytest.approx([float(r["top1"]) for r in
+                                                                   log_rows(tmp_path / "whole" / run)])
+    assert not state.exists() and not (tmp_path / "progress.json").exists(), "removed with the state"
+    assert f"progress {tmp_path.name}: epoch {epochs}/{epochs} step 9/9 | " in rerun.stderr
 
 
 def _holder(tmp_path, name, env, pool):

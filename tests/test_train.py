@@ -1,3 +1,4 @@
+import csv
 import math
 
 import pytest
@@ -23,18 +24,66 @@ def _run(teacher, out, spec, state=None, **recipe):
                    state_path=state, snapshots=Snapshots(num_images=8, every=1))[0]
 
 
-def test_run_directory_contract(teacher, tmp_path):
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Each tag's (step, value) pairs as TensorBoard reads them from a run's tensorboard/ folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_run_directory_contract(teacher, tmp_path, monkeypatch):
+    import json
+    import os
+
     import xarray as xr
 
-    summary = _run(teacher, tmp_path / "run", RunSpec("projector", "First1+Last1", 0.2, 2, 0))
-    assert {p.name for p in (tmp_path / "run").iterdir()} == {
-        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "projector.safetensors"}
+    from dyn.training import loop
+
+    # What each student is at each epoch's end, to hold the best-epoch files to.
+    at_epoch, real_end = {}, loop.end_of_epoch
+
+    def end_of_epoch(the_loop, active, epoch, *args):
+        real_end(the_loop, active, epoch, *args)
+        at_epoch[epoch + 1] = {k: v.clone() for k, v in active[0].task.get_eval_model().state_dict().items()}
+
+    monkeypatch.setattr(loop, "end_of_epoch", end_of_epoch)
+    previous = os.umask(0o022)
+    try:
+        summary = _run(teacher, tmp_path / "run", RunSpec("projector", "First1+Last1", 0.2, 2, 0))
+    finally:
+        os.umask(previous)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {
+        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "projector.safetensors",
+        "student_best.safetensors", "projector_best.safetensors", "tensorboard"}
+    # readable by others as the umask allows (safetensors writes its own 0600 temporary file)
+    assert {p.name: p.stat().st_mode & 0o777 for p in run.iterdir() if p.is_file()} == {
+        p.name: 0o644 for p in run.iterdir() if p.is_file()}
+    # the best-epoch files hold the student of summary.json's best epoch (the first of equal top-1s)
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    best_epoch = max(rows, key=lambda row: float(row["top1"]))["epoch"]
+    assert summary["best_epoch"] == int(best_epoch) == json.loads((run / "summary.json").read_text())["best_epoch"]
+    best = load_file(run / "student_best.safetensors")
+    assert best.keys() == at_epoch[summary["best_epoch"]].keys()
+    assert all(torch.equal(best[k], at_epoch[summary["best_epoch"]][k]) for k in best)
+    assert load_file(run / "projector_best.safetensors").keys() == load_file(run / "projector.safetensors").keys()
+    # TensorBoard: per epoch the loss parts, top-1/top-5, val loss, lr, images/s; per snapshot each layer
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert {"loss/loss", "loss/task_loss", "loss/kd_loss", "loss/feat_loss", "val/top1", "val/top5", "val/loss",
+            "train/lr", "train/images_per_s"} <= set(scalars)
+    assert [step for step, _ in scalars["val/top1"]] == [1, 2]
+    assert [v for _, v in scalars["val/top1"]] == pytest.approx([float(row["top1"]) for row in rows])
+    assert {f"entropy/block_{i:02d}" for i in range(8)} <= set(scalars)
+    assert [step for step, _ in scalars["entropy/block_07"]] == [0, 1, 2]
     assert summary["pairs"] == [(0, 0), (7, 11)]
     assert 0 <= summary["top1"] <= summary["top5"] <= 100
     with xr.open_dataset(tmp_path / "run" / "evolution.nc") as ds:
         assert ds["entropy"].dims == ("epoch", "layer")
         assert list(ds["epoch"].values) == [0, 1, 2] and ds.sizes["layer"] == 8
         assert (ds["entropy"] > 0).all() and (ds["entropy"] <= math.log2(32)).all()
+        assert [v for _, v in scalars["entropy/block_03"]] == pytest.approx(list(ds["entropy"].values[:, 3]))
     assert len((tmp_path / "run" / "log.csv").read_text().strip().splitlines()) == 3
     student = timm.create_model("deit_digits", pretrained=True,
                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "run" / "student.safetensors")))
@@ -42,8 +91,9 @@ def test_run_directory_contract(teacher, tmp_path):
 
 
 def _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, die_after=2, **recipe):
-    """Run `spec` whole, then again killed right after epoch `die_after`'s state reached the disk and
-    rerun; returns both runs' directories and the state file as it was when the run died."""
+    """Run `spec` whole, then again killed right after epoch `die_after`'s state reached the disk (before
+    that epoch's live files: log row, snapshot, best weights, TensorBoard) and rerun; returns both runs'
+    directories and the state file as it was when the run died."""
     _run(teacher, tmp_path / "whole", spec, state=tmp_path / "whole.pt", **recipe)
     real_save = dyn.training.loop.save_state
     calls = []
@@ -59,6 +109,8 @@ def _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, die_after=2,
         _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt", **recipe)
     assert not (tmp_path / "broken" / "summary.json").exists()
     state = torch.load(tmp_path / "broken.pt", weights_only=True)
+    for name in ("log.csv", "evolution.nc"):  # Snakemake deletes a job's declared outputs before it reruns it
+        (tmp_path / "broken" / name).unlink(missing_ok=True)
     monkeypatch.setattr(dyn.training.loop, "save_state", real_save)
     summary = _run(teacher, tmp_path / "broken", spec, state=tmp_path / "broken.pt", **recipe)
     assert summary["epochs"] == spec.epochs and not (tmp_path / "broken.pt").exists()
@@ -68,6 +120,7 @@ def _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, die_after=2,
 def _assert_same_run(a, b):
     whole, resumed = load_file(a / "student.safetensors"), load_file(b / "student.safetensors")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert (a / "student_best.safetensors").read_bytes() == (b / "student_best.safetensors").read_bytes()
     assert (a / "log.csv").read_text().splitlines()[0] == (b / "log.csv").read_text().splitlines()[0]
     columns = (a / "log.csv").read_text().splitlines()[0].split(",")
     for row_a, row_b in zip((a / "log.csv").read_text().splitlines()[1:], (b / "log.csv").read_text().splitlines()[1:]):
@@ -77,8 +130,15 @@ def _assert_same_run(a, b):
 
 def test_resume_after_interruption_is_bit_identical_with_repeated_augmentation(teacher, tmp_path, monkeypatch):
     spec = RunSpec("spectral", "First1+Last1", 0.2, 3, 1)
-    whole, resumed, _ = _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, repeated_aug=3)
+    # killed after epoch 2's state, before its live files: the resumed job writes them from the state
+    whole, resumed, state = _interrupted_then_resumed(teacher, tmp_path, monkeypatch, spec, repeated_aug=3)
+    assert state["members"][spec.run_id]["epoch"] == 2 and state["members"][spec.run_id]["best"]["weights"]
     _assert_same_run(whole, resumed)
+    # the resumed run's curves have each epoch once, as the whole run's (times aside)
+    a, b = tensorboard_scalars(whole / "tensorboard"), tensorboard_scalars(resumed / "tensorboard")
+    assert [step for step, _ in b["val/top1"]] == [1, 2, 3] and [s for s, _ in b["entropy/block_00"]] == [0, 1, 2, 3]
+    untimed = [tag for tag in a if tag not in ("train/epoch_seconds", "train/images_per_s")]
+    assert set(a) == set(b) and [[v for _, v in a[tag]] for tag in untimed] == [[v for _, v in b[tag]] for tag in untimed]
 
 
 def test_float16_autocast_with_a_gradient_scaler_resumes_with_its_scale(teacher, tmp_path, monkeypatch):
@@ -185,6 +245,12 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
     assert not (tmp_path / diverging.run_id / "summary.json").exists()
     assert f"{diverging.run_id}: stopped: non-finite loss in epoch 1" in caplog.text
     finished = (tmp_path / COHORT[0].run_id / "student.safetensors").read_bytes()
+    # the failed job's progress.json stays beside its state, naming the stop (`dyn status` reads it)
+    import json
+
+    members = json.loads((tmp_path / "progress.json").read_text())["members"]
+    assert members[diverging.run_id]["stopped"].startswith("non-finite loss in epoch 1 at step ")
+    assert members[diverging.run_id]["done"] == 0 and members[COHORT[0].run_id]["done"] == 2
 
     # Snakemake deletes a failed job's outputs; the rerun writes the finished student from its state.
     (tmp_path / COHORT[0].run_id / "summary.json").unlink()
@@ -200,6 +266,7 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
 
 def test_a_run_added_to_a_finished_cohort_trains_alone_and_the_others_are_restored(teacher, tmp_path, caplog,
                                                                                      monkeypatch):
+    import json
     import shutil
 
     import dyn.training.finished
@@ -207,8 +274,9 @@ def test_a_run_added_to_a_finished_cohort_trains_alone_and_the_others_are_restor
     caplog.set_level("INFO", logger="dyn")
     store, first, added = tmp_path / "finished", COHORT[:2], COHORT[2]
     _cohort(teacher, tmp_path / "runs", first, finished_dir=store)
-    before = {spec.run_id: {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()}
-              for spec in first}
+    before = {spec.run_id: {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()
+                            if p.is_file()} for spec in first}
+    assert all({"student_best.safetensors", "log.csv"} <= set(files) for files in before.values())
 
     # Snakemake deletes the cohort job's outputs before it reruns it for the added run.
     shutil.rmtree(tmp_path / "runs")
@@ -217,18 +285,107 @@ def test_a_run_added_to_a_finished_cohort_trains_alone_and_the_others_are_restor
     for spec in first:
         assert f"{spec.run_id}: reused from {store / spec.run_id}" in caplog.text
         assert f"{spec.run_id}: epoch" not in caplog.text, "not trained again"
-        assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()} == before[spec.run_id]
+        assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / spec.run_id).iterdir()
+                if p.is_file()} == before[spec.run_id]
     assert f"{added.run_id}: epoch 2/2" in caplog.text
     assert [s["run"] for s in summaries] == [spec.run_id for spec in COHORT]
     assert summaries[2]["cohort"] == [added.run_id] and summaries[0]["cohort"] == [s.run_id for s in first]
     assert (store / added.run_id / "key").is_file()
+    parts = json.loads((store / added.run_id / "key.json").read_text())
+    assert parts["key"] == (store / added.run_id / "key").read_text().strip()
+    assert set(parts) == {"key", "fingerprint", "training_code", "torch", "timm", "numpy", "device"}
+    assert parts["device"] == "cpu" and parts["torch"] == torch.__version__
+    assert not (tmp_path / "runs" / first[0].run_id / "key.json").exists(), "not restored into the run directory"
 
     # Another configuration, or other code, is trained again: the kept run does not match its key.
     caplog.clear()
     _cohort(teacher, tmp_path / "other", first[:1], finished_dir=store, alpha=0.5)
-    monkeypatch.setattr(dyn.training.finished, "_source_digest", lambda: "other code")
+    monkeypatch.setattr(dyn.training.finished, "training_code_digest", lambda: "other training code")
     _cohort(teacher, tmp_path / "changed", first[:1], finished_dir=store)
-    assert "reused" not in caplog.text and caplog.text.count(f"{first[0].run_id}: epoch 2/2") == 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "reused" in m]
+    assert sum(m.startswith(f"{first[0].run_id}: epoch 2/2") for m in messages) == 2, "trained twice"
+
+
+def test_the_reuse_key_stays_on_report_changes_and_changes_on_training_changes(tmp_path, monkeypatch):
+    # A fix to a figure, the analysis, the CLI or `dyn status` must not retrain days of GPU work; a change
+    # to what trains a student must. Edits to a copy of the package, which the digest is pointed at.
+    import shutil
+
+    from dyn.training import finished
+
+    copy = tmp_path / "dyn"
+    shutil.copytree(finished.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(finished, "PACKAGE", copy)
+    key = finished.reuse_key("fingerprint", "cuda")
+    assert key.parts == {"fingerprint": "fingerprint", "training_code": finished.training_code_digest(),
+                         "torch": torch.__version__, "timm": timm.__version__, "numpy": __import__("numpy").__version__,
+                         "device": "cuda"}
+    for name in ["report/figures.py", "report/tables.py", "analysis/phases.py", "analysis/nulls.py",
+                 "analysis/capture.py", "cli.py", "status.py", "training/finished.py", "training/fetch.py"]:
+        (copy / name).write_text((copy / name).read_text() + "\n# a fix that does not touch training\n")
+    assert finished.reuse_key("fingerprint", "cuda") == key
+    (copy / "training" / "losses.py").write_text((copy / "training" / "losses.py").read_text() + "\n# changed\n")
+    changed = finished.reuse_key("fingerprint", "cuda")
+    assert changed != key and changed.parts["training_code"] != key.parts["training_code"]
+    assert finished.reuse_key("other configuration", "cuda") != changed
+    assert finished.reuse_key("fingerprint", "cpu") != changed
+    monkeypatch.setattr(finished, "library_versions", lambda: {"torch": "0.0", "timm": "0.0", "numpy": "0.0"})
+    assert finished.reuse_key("fingerprint", "cuda") != changed
+
+
+def test_a_kept_run_is_restored_only_under_its_key_and_its_key_json_is_not_restored(tmp_path):
+    import json
+
+    from dyn.training import finished
+
+    run, store = "softkd_none_b0_e2_s0", tmp_path / "finished"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"run": "softkd_none_b0_e2_s0"}')
+    (tmp_path / "run" / "student.safetensors").write_bytes(b"weights")
+    key = finished.reuse_key("fingerprint", "cpu")
+    finished.keep(store, run, key, tmp_path / "run")
+    assert json.loads((store / run / "key.json").read_text()) == {"key": key, **key.parts}
+    assert finished.is_kept(store, run, key) and not finished.is_kept(store, run, finished.reuse_key("x", "cpu"))
+    finished.restore(store, run, tmp_path / "again")
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["student.safetensors", "summary.json"]
+
+
+def test_every_dyn_module_the_training_imports_is_in_the_reuse_key_or_says_why_not():
+    # A module added to the training path (or one it newly imports) changes no key until it is listed:
+    # this makes whoever adds it choose, in dyn.training.finished.
+    import ast
+
+    from dyn.training import finished
+
+    def imported(name):
+        """The dyn modules (paths relative to the package) that `name` imports, at its top or in a function."""
+        package = (finished.PACKAGE / name).parent.relative_to(finished.PACKAGE).parts
+        found = set()
+        for node in ast.walk(ast.parse((finished.PACKAGE / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(package[:len(package) - node.level + 1]) + (node.module.split(".") if node.module else [])
+                for alias in node.names:  # `from .a import b`: module a/b.py, else a.py (or package a)
+                    for parts in (base + [alias.name], base):
+                        module = "/".join(parts)
+                        paths = [f"{module}.py", f"{module}/__init__.py"] if parts else ["__init__.py"]
+                        path = next((p for p in paths if (finished.PACKAGE / p).is_file()), None)
+                        if path is not None:
+                            found.add(path)
+                            break
+        return found
+
+    seen, todo = set(), ["training/distill.py"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += sorted(imported(name))
+    seen = {name for name in seen if not name.endswith("/__init__.py")}  # packages' docstrings
+    listed = set(finished.TRAINING_CODE) | set(finished.NOT_TRAINING_CODE)
+    assert seen - listed == set(), "add these to TRAINING_CODE or NOT_TRAINING_CODE in dyn/training/finished.py"
+    assert all((finished.PACKAGE / name).is_file() for name in listed)
+    assert not set(finished.TRAINING_CODE) & set(finished.NOT_TRAINING_CODE)
 
 
 def test_a_random_stream_draws_what_a_seeded_process_draws_and_leaves_the_global_state_alone():
@@ -294,7 +451,7 @@ def test_one_optimiser_step_trains_the_projection_only_under_projector_trained(m
 
 def test_the_pca_estimate_uses_a_seeded_subset_of_the_training_images():
     from dyn.data import DigitsDataset, stack
-    from dyn.training.distill import pca_subset
+    from dyn.training.translators import pca_subset
 
     student, recipe = timm.create_model("deit_digits"), Recipe(**{**RECIPE, "augment": True})
     subset = pca_subset(DIGITS, student, recipe, 256, seed=0)
@@ -318,7 +475,8 @@ def test_a_pca_run_writes_its_translators_and_ends_as_it_would_alone_in_a_cohort
     summary = _run(teacher, tmp_path / "alone" / alone.run_id, alone)
     run = tmp_path / "alone" / alone.run_id
     assert {p.name for p in run.iterdir()} == {
-        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "pca.safetensors"}
+        "summary.json", "log.csv", "student.safetensors", "evolution.nc", "pca.safetensors",
+        "student_best.safetensors", "tensorboard"}
     assert summary["pairs"] == [(7, 11)] and summary["pca_keep"] == 0.25 and summary["pca_images"] == 256
     assert summary["pca_components"] == [16]  # ceil(0.25 x 64) of cait_digits' 64 channels
     pca = load_file(run / "pca.safetensors")

@@ -350,6 +350,23 @@ def report_curves(summaries, out, metric, formats):
     curves(summaries, out, _formats(formats), metric)
 
 
+@cli.command("status")
+@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=10.0, default=None,
+              metavar="[SECONDS]", help="Print the table again every SECONDS (10 without a value) until Ctrl-C; "
+                                        "give RESULTS_DIR before it.")
+@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True, help="Stop watching after N tables.")
+def status_command(results_dir, watch, count):
+    """Every run of RESULTS_DIR (default: results): epochs, top-1, images/s, finished, running, stopped or
+    failed, the time left, and whether a rerun would restore a finished run or train it again, and why."""
+    from .status import watch as show  # no torch: quick, and safe beside a running job
+
+    try:
+        show(results_dir, watch, count)
+    except KeyboardInterrupt:  # the way out of --watch
+        click.echo()
+
+
 @cli.command("gpu-run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--gpus", type=click.IntRange(min=0), required=True, help="GPUs the command needs.")
 @click.option("--pool", type=click.Path(file_okay=False), default=None,

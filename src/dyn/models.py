@@ -173,16 +173,18 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: nn.Module, path: str | Path) -> str:
-    """Save a state dict as safetensors atomically; returns its sha256."""
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, digest: bool = True) -> str | None:
+    """Save a model's state dict (or a state dict) as safetensors atomically, readable as the umask
+    allows; returns its sha256 (None without `digest`)."""
     from safetensors.torch import save_file
 
     from .workflow.atomic import atomic_path
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={"format": "pt"})
-    return sha256_of(path)
+    return sha256_of(path) if digest else None
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

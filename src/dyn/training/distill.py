@@ -3,15 +3,16 @@ directory's files.
 
 Outputs per run (docs/architecture.md, "File contracts"): summary.json (written last: a summary means the run is
 complete), log.csv (one row per epoch), student.safetensors, evolution.nc (dims (epoch, layer)), for
-ProjectorKD projector.safetensors and for the `pca` translator pca.safetensors. The resumable state of
-the whole cohort lives in `state_path`, outside them.
+ProjectorKD projector.safetensors and for the `pca` translator pca.safetensors. Besides them (not declared
+outputs) student_best.safetensors (+ projector_best.safetensors), the weights of the best validation top-1
+epoch, and with `train.tensorboard` the folder tensorboard/. log.csv, evolution.nc and the best weights are
+written while the run trains (`RunFiles`), the rest at its end. The resumable state of the whole cohort
+lives in `state_path`, outside them.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
-import io
 import json
 import logging
 import platform
@@ -21,19 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from timm.task import DistillationTeacher
-from torch.utils.data import Subset
 
 from .. import __version__
-from ..data import build_dataset, build_transform, num_classes, stack
+from ..data import build_dataset, num_classes
 from ..errors import UserError
 from ..models import create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
 from ..workflow import layers
-from ..workflow.atomic import write_json, write_text
+from ..workflow.atomic import write_json
 from ..workflow.runs import RunSpec
-from . import distributed, finished
+from . import distributed, finished, translators
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution
 from .loop import Loop, Member, Precision, fit, raise_if_stopped
@@ -41,6 +40,7 @@ from .recipe import Recipe, make_optimizer, make_scheduler
 from .rng import RngStream
 from .state import clear_state, fingerprint_of
 from .task import LayerDistillationTask, SharedTeacher
+from .watch import RunFiles, best_modules, live_enabled, write_best, write_log_csv
 
 log = logging.getLogger("dyn")
 
@@ -51,15 +51,6 @@ def _git_commit() -> str | None:
                               cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _write_log_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class RunSetup:
         # The pca settings only in a pca run's: changing them does not retrain (or un-resume) the others.
         pca = (self.pca_keep, self.pca_images) if self.spec.method == "pca" else ()
         return fingerprint_of(self.spec, self.pairs, self.teacher_arch, self.teacher_sha256, self.student_arch,
-                              self.dataset_cfg, self.recipe.to_dict(), dataclasses.asdict(self.snapshots),
+                              self.dataset_cfg, self.recipe.result_dict(), dataclasses.asdict(self.snapshots),
                               self.lowpass_keep, *pca, world_size)
 
 
@@ -162,18 +153,23 @@ def _train_cohort(setups: list[RunSetup], out_dirs: list[Path], keys: list[str],
     recipe, snapshots = setups[0].recipe, setups[0].snapshots
     precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
     members, teacher, train, val, snapshot_images = _build_cohort(setups, world, precision)
+    live = None
+    if world.is_main and (recipe.tensorboard or live_enabled()):
+        live = {member.name: RunFiles(out_dir, _evolution_attrs(setup), recipe.tensorboard, live_enabled())
+                for member, setup, out_dir in zip(members, setups, out_dirs)}
     fit(Loop(members, train, val, world, precision, teacher=teacher,
              log_interval=recipe.log_interval, state_path=state_path,
              snapshot=lambda model: layer_profile(model, snapshot_images, snapshots.bins,
                                                   entropy_range=snapshots.entropy_range),
-             snapshot_every=snapshots.every))
+             snapshot_every=snapshots.every, live=live, noun="student"))
     written = None
     if world.is_main:
         names = [m.name for m in members]
         written = []
         for member, setup, out_dir, key in zip(members, setups, out_dirs, keys):
             if member.stopped is None:
-                written.append(_write_run(out_dir, member, setup, world, time.perf_counter() - started, names))
+                written.append(_write_run(out_dir, member, setup, world, time.perf_counter() - started, names,
+                                          live_written=live is not None and live_enabled()))
                 if finished_dir is not None:
                     finished.keep(finished_dir, setup.spec.run_id, key, out_dir)
     raise_if_stopped(members)  # after the finished students are written; their state stays for a rerun
@@ -218,7 +214,7 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
     train, val = split_batches(dataset_cfg, student, recipe, first.spec.seed, world)
     snapshot_images = first.snapshots.images(dataset_cfg, student, recipe)
     shared = SharedTeacher(tasks)
-    _estimate_translators(setups, tasks, shared, student, world)
+    translators.estimate_translators(setups, tasks, shared, student, world)
     if recipe.teacher_cache and train.tensors is not None:
         # Inputs are deterministic: the teacher's outputs for a sample never change, compute them once.
         shared.build_cache(train.tensors[0], recipe.eval_batch_size, world.device)
@@ -230,74 +226,12 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
         optimizer = make_optimizer(task.trainable_module, recipe)
         members.append(Member(setup.spec.run_id, task, optimizer,
                               make_scheduler(optimizer, recipe, setup.spec.epochs, len(train)), stream,
-                              setup.spec.epochs, setup.fingerprint(world.size), precision.new_scaler()))
+                              setup.spec.epochs, setup.fingerprint(world.size), precision.new_scaler(),
+                              keep_best=best_modules))
     if world.is_main and len(members) > 1:
         log.info("cohort of %d students: one data stream, one teacher forward per batch (teacher layers %s)",
                  len(members), shared.layers)
     return members, shared, train, val, snapshot_images
-
-
-def pca_subset(dataset_cfg: dict, model: torch.nn.Module, recipe: Recipe, n: int, seed: int) -> Subset:
-    """The images the `pca` translator is estimated on: `n` training images (all of them if fewer), drawn
-    by `seed` and kept in dataset order, through `model`'s evaluation transform (no augmentation)."""
-    train = build_dataset(dataset_cfg, "train", build_transform(model, train=False, recipe=recipe.to_dict()))
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
-    return Subset(train, [int(i) for i in chosen])
-
-
-def _estimate_translators(setups: list[RunSetup], tasks: list[LayerDistillationTask], shared: SharedTeacher,
-                          student: torch.nn.Module, world) -> None:
-    """Give each `pca` student its teacher layers' principal directions, estimated once per (layer, keep)
-    for the whole cohort before training, from the cohort seed's subset of training images. Nothing here
-    draws from a random stream: a student's estimate is the same alone and in any cohort."""
-    wanted = [(setup, task) for setup, task in zip(setups, tasks) if setup.spec.method == "pca"]
-    if not wanted:
-        return
-    started = time.perf_counter()
-    recipe, estimates, used = setups[0].recipe, {}, {}
-    for n in sorted({setup.pca_images for setup, _ in wanted}):
-        subset = pca_subset(setups[0].dataset_cfg, student, recipe, n, setups[0].spec.seed)
-        used[n] = len(subset)
-        requests = {(layer, setup.pca_keep) for setup, task in wanted if setup.pca_images == n
-                    for layer in task.teacher_layers}
-        found = shared.estimate_pca(stack(subset)[0], requests, recipe.eval_batch_size, world.device)
-        estimates.update({(layer, keep, n): pca for (layer, keep), pca in found.items()})
-    for setup, task in wanted:
-        task.set_translators({layer: estimates[(layer, setup.pca_keep, setup.pca_images)]
-                              for layer in task.teacher_layers}, images=used[setup.pca_images])
-    if world.is_main:
-        log.info("pca: the teacher's principal directions from %s training image(s) in %.2f s: %s",
-                 ", ".join(map(str, used.values())), time.perf_counter() - started,
-                 "; ".join(f"layer {layer}, keep {keep:g}: {pca.components.shape[1]} of {pca.components.shape[0]} "
-                           f"directions, {100 * pca.explained:.1f}% of the variance"
-                           for (layer, keep, _), pca in sorted(estimates.items())))
-
-
-def _write_pca(path: Path, task: LayerDistillationTask) -> None:
-    """A `pca` run's translators, as trained against: per aligned teacher layer t, `layer{t}.mean` (C,),
-    `layer{t}.components` (C, k, orthonormal columns, largest variance first), `layer{t}.explained` (the
-    share of the layer's channel variance they hold)."""
-    from safetensors.torch import save_file
-
-    from ..workflow.atomic import atomic_path
-
-    tensors = {}
-    for layer, pca in task.translators.items():
-        tensors[f"layer{layer}.mean"] = pca.mean.detach().cpu().contiguous()
-        tensors[f"layer{layer}.components"] = pca.components.detach().cpu().contiguous()
-        tensors[f"layer{layer}.explained"] = torch.tensor(pca.explained, dtype=torch.float64)
-    # One metadata entry, as save_weights writes: safetensors orders several at random, and the bytes
-    # would differ run to run. The settings (pca_keep, pca_images, the seed) are in summary.json.
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-
-
-def _pca_summary(task: LayerDistillationTask) -> dict:
-    """A `pca` run's summary fields; the per-layer lists follow `pairs`."""
-    translators = [task.translators[layer] for layer in task.teacher_layers]
-    return {"pca_keep": task.pca_keep, "pca_images": task.translator_images,
-            "pca_components": [int(pca.components.shape[1]) for pca in translators],
-            "pca_explained": [pca.explained for pca in translators]}
 
 
 def _prepare(task: LayerDistillationTask, recipe: Recipe, world) -> None:
@@ -310,9 +244,11 @@ def _prepare(task: LayerDistillationTask, recipe: Recipe, world) -> None:
         task.prepare_distributed(device_ids=[world.device.index] if world.device.type == "cuda" else None)
 
 
-def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_seconds: float, cohort: list[str]) -> dict:
-    """The run directory's files; summary.json last, so that a summary means a complete run."""
-    spec, recipe, snapshots, task, history = setup.spec, setup.recipe, setup.snapshots, member.task, member.history
+def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_seconds: float, cohort: list[str],
+               live_written: bool = False) -> dict:
+    """The run directory's files; summary.json last, so that a summary means a complete run. `live_written`:
+    log.csv, evolution.nc and the best weights are already there as the history has them (`RunFiles`)."""
+    spec, task, history = setup.spec, member.task, member.history
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(task.get_eval_model(), out_dir / "student.safetensors")
     if task.has_ema():
@@ -320,17 +256,23 @@ def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_secon
     if task.projector() is not None:
         save_weights(task.projector(), out_dir / "projector.safetensors")
     if spec.method == "pca":
-        _write_pca(out_dir / "pca.safetensors", task)
-    _write_log_csv(out_dir / "log.csv", history.rows)
-    attrs = {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
-             "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
-             "bins": snapshots.bins, "entropy_range": snapshots.entropy_range, "transform": snapshots.transform,
-             "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
-             "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
-    write_evolution(out_dir / "evolution.nc", history.snapshots, attrs)
+        translators.write_pca(out_dir / "pca.safetensors", task)
+    if not live_written:
+        write_best(out_dir, member.best)
+        write_log_csv(out_dir / "log.csv", history.rows)
+        write_evolution(out_dir / "evolution.nc", history.snapshots, _evolution_attrs(setup))
     summary = _summary(setup, history, world, wall_seconds, cohort, task)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _evolution_attrs(setup: RunSetup) -> dict:
+    spec, snapshots = setup.spec, setup.snapshots
+    return {"run": spec.run_id, "method": spec.method, "layers": spec.layers, "beta": spec.beta,
+            "epochs": spec.epochs, "seed": spec.seed, "student": setup.student_arch, "teacher": setup.teacher_arch,
+            "bins": snapshots.bins, "entropy_range": snapshots.entropy_range, "transform": snapshots.transform,
+            "num_images": snapshots.num_images, "sample_selection": snapshots.describe(),
+            "dataset": setup.dataset_cfg.get("name"), "dyn_version": __version__}
 
 
 def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[str],
@@ -354,7 +296,7 @@ def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
         "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(setup.snapshots),
         **({"lowpass_keep": setup.lowpass_keep} if spec.method == "lowpass" else {}),
-        **(_pca_summary(task) if spec.method == "pca" else {}),
+        **(translators.pca_summary(task) if spec.method == "pca" else {}),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),

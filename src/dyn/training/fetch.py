@@ -43,7 +43,7 @@ def train_from_scratch(arch: str, n_classes: int, dataset_cfg: dict, recipe: Rec
     optimizer = make_optimizer(model, recipe)
     precision = Precision.of(world.device, recipe.amp, recipe.amp_dtype)
     member = Member(arch, task, optimizer, make_scheduler(optimizer, recipe, epochs, len(train)), stream, epochs,
-                    fingerprint_of(arch, dataset_cfg, recipe.to_dict(), epochs, seed), precision.new_scaler())
+                    fingerprint_of(arch, dataset_cfg, recipe.result_dict(), epochs, seed), precision.new_scaler())
     fit(Loop([member], train, val, world, precision, log_interval=recipe.log_interval, state_path=state_path))
     raise_if_stopped([member])
     return model

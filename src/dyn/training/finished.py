@@ -1,49 +1,128 @@
-"""Finished runs kept for reuse: a run asked for again with the same configuration, code and libraries
-is restored from its kept files instead of trained again.
+"""Finished runs kept for reuse: a run asked for again with the same configuration, training code and
+libraries is restored from its kept files instead of trained again.
 
 Snakemake deletes all outputs of a job before it reruns it. A cohort job reruns when a run is added to
 its grid, so without this every finished student of the cohort would train again. Each finished run's
 files are kept (hard-linked where the filesystem allows, so they take no extra space) under
-`<store>/<run id>/`, with the key they were trained under written last. The key covers what decides
+`<store>/<run id>/`, with the key they were trained under written last (`key`) and its parts beside it
+(`key.json`, which `dyn status` reads to say why a run would train again). The key covers what decides
 the result: the run's configuration fingerprint (method, layers, beta, epochs, seed, teacher checkpoint
-hash, dataset, recipe, snapshots, process count), the dyn package's source, the torch, timm and numpy
-versions and the device type. Where all of these are equal, training again on the CPU gives the same
-bytes, and on a GPU another draw of the same nondeterministic run.
+hash, dataset, recipe, snapshots, process count), the training code (`TRAINING_CODE`: the modules a
+student's bytes depend on, not the whole package, so that a fix to a figure, the analysis, the CLI or
+`dyn status` does not retrain days of GPU work), the torch, timm and numpy versions and the device
+type. Where all of these are equal, training again on the CPU gives the same bytes, and on a GPU another
+draw of the same nondeterministic run.
+
+This module imports no torch: `dyn status` reads the key's parts through it.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
+import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
+import sys
+from importlib import metadata
 from pathlib import Path
 
-import numpy
-import timm
-import torch
-
 from ..workflow.atomic import atomic_path, write_text
-from .state import fingerprint_of
 
 log = logging.getLogger("dyn")
 KEY_FILE = "key"
+KEY_PARTS_FILE = "key.json"
+PACKAGE = Path(__file__).resolve().parents[1]
+LIBRARIES = ("torch", "timm", "numpy")
+
+# The training code: the modules (relative to the dyn package) whose change can change a student's
+# bytes. Everything else (report, analysis-only modules, phases, nulls, capture, the CLI, status, the
+# workflow's config and GPU slots; fetch too: a teacher's bytes are in the fingerprint, its sha256) keeps
+# the key. tests/test_train.py checks that every dyn module the training imports is here or in
+# NOT_TRAINING_CODE.
+TRAINING_CODE = {
+    "training/distill.py": "the cohort's setup: teacher, students, translators, what a run directory holds",
+    "training/loop.py": "the epoch: steps, evaluation, non-finite checks, resume",
+    "training/task.py": "the distillation task: which maps meet which, with what loss",
+    "training/losses.py": "the feature losses",
+    "training/translators.py": "the pca translator's estimate from training images",
+    "training/recipe.py": "optimiser, scheduler, recipe defaults",
+    "training/batches.py": "the batches: order, sharding, repeated augmentation",
+    "training/rng.py": "each student's and the data's random streams",
+    "training/distributed.py": "DDP: devices, gradient and metric all-reduce",
+    "training/state.py": "the resume state a continued run starts from",
+    "training/evolution.py": "the entropy snapshots in evolution.nc",
+    "models.py": "the architectures (tiny ones defined here), checkpoint reading, feature maps",
+    "data.py": "datasets, splits, transforms, the snapshot images",
+    "workflow/layers.py": "layer specs -> aligned block pairs",
+    "workflow/runs.py": "run specs and the methods a task knows",
+    "analysis/metrics.py": "the snapshots' entropy and magnitude",
+    "analysis/controls.py": "imported by metrics (channel-order controls)",
+}
+# Imported on the training path, but cannot change what a student learns.
+NOT_TRAINING_CODE = {
+    "__init__.py": "the version string, recorded in summary.json",
+    "errors.py": "error types",
+    "files.py": "error messages of unreadable files",
+    "workflow/atomic.py": "how files are written, not what",
+    "training/finished.py": "this key",
+    "training/watch.py": "what a running job shows: progress lines, progress.json, live run files, TensorBoard",
+    "analysis/phases.py": "reads an `auto` spec's bottleneck: the pairs it gives are in the fingerprint",
+    "analysis/capture.py": "metrics' file readers only; the snapshots call metrics on tensors",
+}
 
 
-@functools.cache
-def _source_digest() -> str:
-    """A digest of the dyn package's Python sources: any change to the code gives another key."""
-    package = Path(__file__).resolve().parents[1]
+def training_code_digest(package: Path | None = None) -> str:
+    """A digest of the training code (`TRAINING_CODE` under `package`, the installed dyn by default): a
+    change to any of these files gives another key, a change anywhere else does not. Read afresh each call
+    (`dyn status --watch`)."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in sorted(TRAINING_CODE):
+        path = Path(package or PACKAGE) / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>") + b"\0")
     return digest.hexdigest()
 
 
+_VERSION_LINE = re.compile(r"""^(?:__version__|version)\s*(?::\s*str)?\s*=\s*['"]([^'"]+)['"]""", re.MULTILINE)
+
+
+def _version(name: str) -> str | None:
+    """`name.__version__` without importing it: its version.py's (torch's holds the build, `2.5.1+cu124`,
+    which its distribution's metadata lacks), else its metadata's."""
+    with contextlib.suppress(ImportError, ValueError, OSError, TypeError, IndexError, AttributeError):
+        folder = importlib.util.find_spec(name).submodule_search_locations[0]
+        found = _VERSION_LINE.search((Path(folder) / "version.py").read_text())
+        if found:
+            return found.group(1)
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return getattr(sys.modules.get(name), "__version__", None)
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed torch, timm and numpy versions (their `__version__`), read without importing them."""
+    return {name: _version(name) for name in LIBRARIES}
+
+
+class Key(str):
+    """A reuse key that carries its parts (`parts`), written beside it as key.json."""
+
+    parts: dict
+
+
 def reuse_key(fingerprint: str, device_type: str) -> str:
-    """The key a finished run is kept under: its configuration's fingerprint, the code, the libraries, the device."""
-    return fingerprint_of(fingerprint, _source_digest(), torch.__version__, timm.__version__, numpy.__version__,
-                          device_type)
+    """The key a finished run is kept under: its configuration's fingerprint, the training code, the
+    libraries, the device type."""
+    from .state import fingerprint_of
+
+    parts = {"fingerprint": fingerprint, "training_code": training_code_digest(), **library_versions(),
+             "device": device_type}
+    key = Key(fingerprint_of(*parts.values()))
+    key.parts = parts
+    return key
 
 
 def is_kept(store: Path, run_id: str, key: str) -> bool:
@@ -56,16 +135,17 @@ def is_kept(store: Path, run_id: str, key: str) -> bool:
 def restore(store: Path, run_id: str, out_dir: Path) -> None:
     """Write the kept files of `run_id` into its run directory, summary.json last (a summary means complete)."""
     kept = Path(store) / run_id
-    names = [p.name for p in kept.iterdir() if p.is_file() and p.name != KEY_FILE]
+    names = [p.name for p in kept.iterdir() if p.is_file() and p.name not in (KEY_FILE, KEY_PARTS_FILE)]
     for name in sorted(names, key=lambda name: (name == "summary.json", name)):
         with atomic_path(Path(out_dir) / name) as tmp:
             shutil.copyfile(kept / name, tmp)  # a copy: new files, newer than the job's inputs
-    log.info("%s: reused from %s (finished before with the same configuration, code and libraries; delete that "
-             "folder to train it again)", run_id, kept)
+    log.info("%s: reused from %s (finished before with the same configuration, training code and libraries; "
+             "delete that folder to train it again)", run_id, kept)
 
 
 def keep(store: Path, run_id: str, key: str, out_dir: Path) -> None:
-    """Keep a finished run's files under `<store>/<run id>/`, its key written last."""
+    """Keep a finished run's files under `<store>/<run id>/`, the key's parts (key.json) beside them and
+    its key written last."""
     kept = Path(store) / run_id
     if kept.exists():
         shutil.rmtree(kept)
@@ -76,4 +156,6 @@ def keep(store: Path, run_id: str, key: str, out_dir: Path) -> None:
                 os.link(path, kept / path.name)  # the run's files are never changed in place: links are safe
             except OSError:  # another filesystem, or one without hard links
                 shutil.copyfile(path, kept / path.name)
+    parts = getattr(key, "parts", None)  # a key from reuse_key carries them
+    write_text(kept / KEY_PARTS_FILE, json.dumps({"key": str(key), **(parts or {})}, indent=1) + "\n")
     write_text(kept / KEY_FILE, key + "\n")

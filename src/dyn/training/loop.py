@@ -7,9 +7,17 @@ with weights: train, a ClassificationTask). Each member steps on every batch in 
 its randomness from its own stream, so it trains exactly as it would alone. One process or
 data-parallel under torchrun (each member its own DDP module). On CUDA the forward passes run under
 autocast (bfloat16, or float16 with a gradient scaler); on the CPU everything is float32.
+
+While it trains, the main process says where it is: one `progress <job>: ...` line per job in the log
+every `log_interval` steps and at each epoch's end, the same in `progress.json` beside the state file
+(`dyn status` reads it), and each member's live files (`Loop.live`: log rows, snapshots, best weights,
+TensorBoard) at each epoch's end. `DYN_LIVE=0` in the environment turns the progress lines, the sidecar
+and the live files off (the run directory is then written only at the end), for `make bench`'s `live`
+section.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -25,7 +33,8 @@ from ..errors import NonFiniteLoss
 from .batches import Batches
 from .distributed import World, all_reduce_sum
 from .rng import RngStream
-from .state import History, kept_entry, load_state, save_state
+from .state import History, kept_entry, load_state, progress_path, save_state
+from .watch import Progress, above_the_bar, live_enabled
 
 log = logging.getLogger("dyn")
 
@@ -80,6 +89,10 @@ class Member:
     done: int = 0                    # finished epochs
     stopped: str | None = None       # why it stopped early (a non-finite loss)
     kept: dict | None = None         # a stopped member's last good state entry
+    # The modules whose weights to keep from the best validation top-1 epoch, by name (e.g. "student",
+    # "projector"), or None to keep none; `best`: {"epoch", "top1", "weights": {name: state dict}}.
+    keep_best: Callable[[nn.Module], dict[str, nn.Module]] | None = None
+    best: dict | None = None
 
 
 @dataclass
@@ -101,6 +114,22 @@ class Loop:
     state_path: Path | None = None
     snapshot: Callable[[nn.Module], dict] | None = None
     snapshot_every: int = 0
+    # Per member name, what writes its files while it trains (main process): start(member) once before
+    # the first epoch (a resumed member's files from its history), write(member, snapshot, improved) at
+    # each epoch's end after the state is saved, close() at the end.
+    live: dict | None = None
+    name: str | None = None          # the job in progress lines; None: the state's folder, or the one member
+    noun: str = "model"              # what the members are, in progress lines
+    watch_seconds: float = 0.0       # measured: the time spent on progress lines, progress.json and live files
+
+    @contextlib.contextmanager
+    def watching(self):
+        """Count the time of a progress report or a live write in `watch_seconds`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.watch_seconds += time.perf_counter() - started
 
 
 def fit(loop: Loop) -> list[Member]:
@@ -123,14 +152,40 @@ def fit(loop: Loop) -> list[Member]:
     for member in loop.members:
         if loop.snapshot is not None and loop.world.is_main and member.done == 0 and not member.history.snapshots:
             member.history.snapshots.append((0, loop.snapshot(member.task.get_eval_model())))
-    last = max(m.epochs for m in loop.members)
-    for epoch in range(min(m.done for m in loop.members), last):
-        active = [m for m in loop.members if m.done <= epoch < m.epochs and m.stopped is None]
-        if not active:  # all stopped, finished, or resumed past this epoch
-            continue
-        started = time.perf_counter()
-        losses, images = train_one_epoch(loop, active, epoch)
-        end_of_epoch(loop, active, epoch, losses, images, time.perf_counter() - started)
+    live = loop.live if loop.world.is_main and loop.live else {}
+    reporter = None
+    if loop.world.is_main and live_enabled():
+        name = loop.name or (loop.state_path.parent.name if loop.state_path is not None
+                             else loop.members[0].name if len(loop.members) == 1 else "job")
+        reporter = Progress(loop, name, progress_path(loop.state_path) if loop.state_path is not None else None)
+    fit_started = time.perf_counter()
+    try:
+        with above_the_bar(loop.progress):
+            for member in loop.members:  # a resumed member's files from its state (Snakemake deleted the outputs)
+                if member.name in live:
+                    with loop.watching():
+                        live[member.name].start(member)
+            last = max(m.epochs for m in loop.members)
+            for epoch in range(min(m.done for m in loop.members), last):
+                active = [m for m in loop.members if m.done <= epoch < m.epochs and m.stopped is None]
+                if not active:  # all stopped, finished, or resumed past this epoch
+                    continue
+                started = time.perf_counter()
+                losses, images = train_one_epoch(loop, active, epoch, reporter)
+                trained = time.perf_counter()
+                end_of_epoch(loop, active, epoch, losses, images, trained - started)
+                if reporter is not None:
+                    reporter.end_seconds = time.perf_counter() - trained
+                    with loop.watching():
+                        reporter.report(epoch, len(loop.train), images, trained - started, len(active), ended=True)
+    finally:
+        with loop.watching():
+            for writer in live.values():
+                writer.close()
+    if reporter is not None or live:
+        log.info("%s: watching it (progress lines, progress.json, live run files, TensorBoard) took %.3f s of the "
+                 "%.3f s it trained", reporter.name if reporter is not None else "the job", loop.watch_seconds,
+                 time.perf_counter() - fit_started)
     return loop.members
 
 
@@ -147,17 +202,19 @@ def _train_step(loop: Loop, member: Member, images, labels, teacher, update: int
     return out
 
 
-def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> tuple[dict[str, dict[str, float]], float]:
+def train_one_epoch(loop: Loop, active: list[Member], epoch: int,
+                    reporter: Progress | None = None) -> tuple[dict[str, dict[str, float]], float]:
     """One pass over the training batches, every active member stepping on each batch; returns per member
     the mean of each loss part over every process's images, and how many images that was. Loss parts are
-    summed on the device: the host reads them only every `log_interval` steps (progress bar, non-finite
-    check) and at the end."""
+    summed on the device: the host reads them only every `log_interval` steps (progress line and bar,
+    non-finite check) and at the end."""
     device = loop.world.device
     for member in active:
         member.task.train()
     sums: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in active}
     first_bad = {m.name: torch.full((), -1, dtype=torch.int64, device=device) for m in active}
     n_images = torch.zeros((), dtype=torch.float64, device=device)
+    host_images = 0  # this process's images, counted on the host: the progress line reads no device value
     started = time.perf_counter()
     steps_per_epoch = len(loop.train)
     bar = tqdm(loop.train.epoch(epoch), total=steps_per_epoch,
@@ -179,8 +236,13 @@ def train_one_epoch(loop: Loop, active: list[Member], epoch: int) -> tuple[dict[
             first_bad[member.name] = torch.where((bad < 0) & ~torch.isfinite(out["loss"].detach()),
                                                  torch.full_like(bad, step + 1), bad)
         n_images += labels.shape[0]
+        host_images += labels.shape[0]
         if (step + 1) % loop.log_interval == 0:
-            _stop_non_finite(loop, active, first_bad, epoch)
+            _stop_non_finite(loop, active, first_bad, epoch)  # a host sync: the time below is the steps' own
+            if reporter is not None and step + 1 < steps_per_epoch:  # the epoch's end reports after evaluation
+                with loop.watching():
+                    reporter.report(epoch, step + 1, host_images * loop.world.size, time.perf_counter() - started,
+                                    sum(1 for m in active if m.stopped is None))
             if loop.progress and active[0].stopped is None:
                 seen = float(n_images)
                 bar.set_postfix({"loss": f"{float(sums[active[0].name]['loss']) / seen:.4g}",
@@ -203,7 +265,8 @@ def _mean_losses(loop: Loop, members: list[Member], sums, n_images) -> tuple[dic
 def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str, dict[str, float]], images: float,
                  seconds: float) -> None:
     """Evaluate every member still training in one pass over the validation split, log each one's row,
-    take the snapshots that are due, save the state of all members."""
+    keep the weights of a new best top-1, take the snapshots that are due, save the state of all members,
+    then write each member's live files (after the state: a resumed job rewrites them from it)."""
     world, done = loop.world, epoch + 1
     going = [m for m in active if m.stopped is None]
     models = [m.task.get_eval_model() for m in going] + [m.task.get_eval_model(ema=True) for m in going
@@ -212,6 +275,7 @@ def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str,
     rows = {m.name: {"epoch": done, **losses[m.name], **next(scores)} for m in going}
     for member in [m for m in going if m.task.has_ema()]:
         rows[member.name].update({f"ema_{k}": v for k, v in next(scores).items()})
+    snapped, improved = set(), set()
     for member in going:
         row = rows[member.name]
         row.update(lr=member.optimizer.param_groups[0]["lr"], seconds=seconds,
@@ -221,11 +285,26 @@ def end_of_epoch(loop: Loop, active: list[Member], epoch: int, losses: dict[str,
         if world.is_main:
             log.info("%s: epoch %d/%d %s", member.name, done, member.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if world.is_main and member.keep_best is not None and (member.best is None
+                                                               or row["top1"] > member.best["top1"]):
+            member.best = {"epoch": done, "top1": row["top1"], "weights": _weights(member)}
+            improved.add(member.name)
         due = done == member.epochs or (loop.snapshot_every and done % loop.snapshot_every == 0)
         if loop.snapshot is not None and world.is_main and due:
             member.history.snapshots.append((done, loop.snapshot(member.task.get_eval_model())))
+            snapped.add(member.name)
+    live = loop.live if world.is_main and loop.live else {}
     if loop.state_path is not None and world.is_main:
         save_state(loop.state_path, loop.members)
+    for member in [m for m in going if m.name in live]:
+        with loop.watching():
+            live[member.name].write(member, member.name in snapped, member.name in improved)
+
+
+def _weights(member: Member) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy on the CPU of the weights `member.keep_best` names (the model as it is now)."""
+    return {name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            for name, module in member.keep_best(member.task).items()}
 
 
 def evaluate_all(models: list[nn.Module], batches: Batches, device: torch.device, world: World = World(),

@@ -43,7 +43,12 @@ class Recipe:
     compile: bool = False            # torch.compile student and teacher
     ema: bool = False                # keep an EMA of the student, evaluated and saved beside it
     ema_decay: float = 0.99996
-    log_interval: int = 50           # steps between host reads of the loss (progress bar, non-finite check)
+    log_interval: int = 50           # steps between host reads of the loss (progress line and bar, non-finite check)
+    tensorboard: bool = True         # each run's scalars and entropy profiles in <run dir>/tensorboard/
+
+    # Keys that change what a job shows, not what it trains: out of the resume and reuse fingerprints,
+    # so switching them neither restarts a run nor trains a finished one again.
+    NOT_IN_RESULT = ("tensorboard",)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Recipe":
@@ -61,6 +66,10 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict:
+        """The keys that can change a run's result (`to_dict` without NOT_IN_RESULT): what fingerprints hold."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_RESULT}
 
     def lr(self) -> float:
         """The peak learning rate, scaled from the global batch."""

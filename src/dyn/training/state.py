@@ -2,7 +2,9 @@
 
 One file per job holds an entry per member (each student of a cohort, or the one model trained):
 the trainable module (student and projector), the optimiser, the scheduler, the EMA copy, the
-finished epochs, the member's random stream, and its history so far (log rows, snapshots). The
+finished epochs, the member's random stream, its history so far (log rows, snapshots) and the weights
+of its best validation top-1 epoch (the state is their authority: a resumed job rewrites the run's
+`*_best.safetensors` from it). The
 data pipeline's randomness is a function of (seed, epoch) and needs no saving. The file lives
 outside the runs' declared outputs, because Snakemake deletes those before it reruns a job. A
 fingerprint of each member's configuration guards against resuming another configuration's state.
@@ -22,6 +24,7 @@ from ..files import first_line
 from ..workflow.atomic import atomic_path
 
 log = logging.getLogger("dyn")
+PROGRESS_FILE = "progress.json"  # the running job's progress beside its state (`dyn status` reads it)
 STATE_FORMAT = 2  # one entry per member of a cohort (1: one run, before cohorts)
 
 
@@ -55,6 +58,8 @@ def _entry(member) -> dict:
         "rows": member.history.rows,
         "snapshots": [(e, {k: torch.from_numpy(v) for k, v in p.items()}) for e, p in member.history.snapshots],
     }
+    if member.best is not None:  # {"epoch", "top1", "weights": {file stem: state dict} or None}
+        entry["best"] = member.best
     if task.has_ema():
         entry["ema"] = task.get_trainable_module(ema=True).state_dict()
     if member.scaler is not None:  # float16 autocast: its loss scale and growth tracker
@@ -111,6 +116,13 @@ def load_state(path: Path, members) -> None:
         member.done = int(entry["epoch"])
         member.history = History(list(entry["rows"]),
                                  [(e, {k: v.numpy() for k, v in p.items()}) for e, p in entry["snapshots"]])
+        member.best = entry.get("best")
+        if member.best is None and member.history.rows and member.keep_best is not None:
+            # a state written before best weights were kept: the best epoch so far is known, its weights are not
+            row = max(member.history.rows, key=lambda row: row["top1"])
+            member.best = {"epoch": row["epoch"], "top1": row["top1"], "weights": None}
+            log.warning("%s: the state in %s holds no best weights: the best-epoch files start with a better epoch "
+                        "than %d", member.name, path, row["epoch"])
 
 
 def kept_entry(path: Path | None, name: str) -> dict | None:
@@ -121,7 +133,14 @@ def kept_entry(path: Path | None, name: str) -> dict | None:
     return (entries or {}).get(name)
 
 
+def progress_path(state_path: Path | str) -> Path:
+    """The job's progress sidecar: `progress.json` in its state's folder (one folder per job)."""
+    return Path(state_path).parent / PROGRESS_FILE
+
+
 def clear_state(state_path: Path | None) -> None:
-    """Remove a finished run's state: a later forced rerun then starts from scratch, as asked."""
+    """Remove a finished job's state and its progress sidecar: a later forced rerun then starts from
+    scratch, as asked, and `dyn status` lists only jobs that run or have not finished."""
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)
+        progress_path(state_path).unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 A reader (or Snakemake after a crash) never sees a half-written file under the target's name. The
 file gets the permissions a plain `open()` would give it under the user's umask (mkstemp alone makes
-it 0600, unreadable to colleagues on a shared cluster).
+it 0600, unreadable to colleagues on a shared cluster). They are set on the finished file just before
+the rename, whoever wrote it: some writers replace the temporary file with one of their own (safetensors
+0.8 writes its own temporary file, mode 0600, and renames it over the path it is given).
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(OSError):
             stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
+    mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # the writer may have replaced the file (a new inode, mode 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
