@@ -44,7 +44,7 @@ def _killed_once_then_rerun(args, out, env):
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     assert not out.exists(), "a killed job left a file under its output's name"
-    rerun = _run(args, env)
+    rerun = dyn_here(args)  # the victim needs a process of its own; the rerun does not
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert not list(out.parent.glob(f".{out.name}.*.tmp")), "the rerun cleared what the killed job left"
 
@@ -66,12 +66,12 @@ def checkpoint(tmp_path_factory):
 def test_kill_9_of_capture_metrics_and_report_jobs_then_rerun_gives_the_same_files(checkpoint, tmp_path, env):
     capture = ["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
                "--dataset", DIGITS, "--device", "cpu", "--out"]
-    assert _run(capture + [tmp_path / "whole.nc"], env).returncode == 0
+    assert dyn_here(capture + [tmp_path / "whole.nc"]).returncode == 0
     _killed_once_then_rerun(capture + [tmp_path / "killed.nc"], tmp_path / "killed.nc", env)
     _same_netcdf(tmp_path / "whole.nc", tmp_path / "killed.nc")
 
     entropy = ["metrics", "entropy", "--capture", tmp_path / "whole.nc", "--out"]
-    assert _run(entropy + [tmp_path / "entropy.nc"], env).returncode == 0
+    assert dyn_here(entropy + [tmp_path / "entropy.nc"]).returncode == 0
     _killed_once_then_rerun(entropy + [tmp_path / "m" / "entropy.nc"], tmp_path / "m" / "entropy.nc", env)
     _same_netcdf(tmp_path / "entropy.nc", tmp_path / "m" / "entropy.nc")
 
@@ -79,7 +79,7 @@ def test_kill_9_of_capture_metrics_and_report_jobs_then_rerun_gives_the_same_fil
                "seed": 0, "top1": 90.0, "top5": 99.0, "best_top1": 91.0}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     table = ["report", "table", tmp_path / "summary.json", "--out"]
-    assert _run(table + [tmp_path / "table1.csv"], env).returncode == 0
+    assert dyn_here(table + [tmp_path / "table1.csv"]).returncode == 0
     _killed_once_then_rerun(table + [tmp_path / "r" / "table1.csv"], tmp_path / "r" / "table1.csv", env)
     assert (tmp_path / "r" / "table1.csv").read_text() == (tmp_path / "table1.csv").read_text()
 

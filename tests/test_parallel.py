@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 
-from conftest import tool
+from conftest import dyn_here, tool
 from test_train import tensorboard_scalars
 
 DIGITS = '{"name": "digits", "val_fraction": 0.7}'  # 539 training images: fewer steps, the same paths
@@ -43,8 +43,7 @@ def test_ddp_on_cpu_matches_one_process(teacher, tmp_path, env):
     # One process against two gloo processes with the same global batch of 128 (64 each): the same
     # global batches (each rank takes every other sample of the epoch's order) and the same mean loss.
     single = dict(json.loads(TRAIN), global_batch=128, lr_base_size=128)
-    one = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "one", 2, json.dumps(single))],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = dyn_here(distill_args(teacher, tmp_path / "one", 2, json.dumps(single)))  # no process of its own needed
     assert one.returncode == 0, one.stderr
     two = subprocess.run([tool("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dyn.cli",
                           *distill_args(teacher, tmp_path / "two", 2, json.dumps(single))],
@@ -83,9 +82,7 @@ def _state_epoch(path):
 
 def test_kill_9_of_a_cohort_then_rerun_resumes_every_student_bit_identical(teacher, tmp_path, env):
     epochs = 3
-    whole = subprocess.run([tool("dyn"), *distill_args(teacher, tmp_path / "whole", epochs,
-                                                        extra=["--state", str(tmp_path / "whole.pt")])],
-                           env=env, capture_output=True, text=True, timeout=300)
+    whole = dyn_here(distill_args(teacher, tmp_path / "whole", epochs, extra=["--state", str(tmp_path / "whole.pt")]))
     assert whole.returncode == 0, whole.stderr
 
     state = tmp_path / "killed.pt"
