@@ -166,11 +166,11 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert pca["pca_keep"] == 0.25 and (results / "runs" / "pca_Last1_b0.2_e2_s0" / "pca.safetensors").is_file()
 
     assert not (tmp_path / "resources" / "checkpoints" / "deit.safetensors").exists()  # the student is not analysed
-    for name in ["profiles", "phases", "evolution", "curves", "curves_loss", "spectrum_cait", "spectrum_resnet"]:
+    for name in ["profiles", "phases", "evolution", "curves", "curves_loss", "spectrum_cait"]:
         for fmt in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
 
-    depth = {"cait": 12, "resnet": 5}
+    depth = {"cait": 12}
     for model, layers in depth.items():
         info = json.loads((tmp_path / "resources" / "checkpoints" / f"{model}.json").read_text())
         assert info["source"].startswith("trained here") and len(info["sha256"]) == 64
@@ -195,7 +195,7 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert all(cohort_log.count(f"{row['run']}: epoch ") == 2 for row in rows)
     assert not list((results / "state").rglob("*.pt")), "finished runs leave no resume state"
 
-    for rule, name in [("fetch", "cait"), ("capture", "resnet"), ("distill", "cohort_e2_s0")]:
+    for rule, name in [("fetch", "cait"), ("capture", "cait"), ("distill", "cohort_e2_s0")]:
         assert (results / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\th:m:s")
 
     # Nothing left to do: a second invocation is a no-op.
@@ -207,11 +207,11 @@ def test_end_to_end_tiny_config(repo, env, tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     html = (results / "report.html").read_text()
     for name in ["table1.csv", "table1_summary.csv", "profiles.png", "phases.png", "evolution.png", "curves.png", "curves_loss.png",
-                 "spectrum_cait.png", "spectrum_resnet.png", "phases.md"] + [f"{m}/phases.csv" for m in depth]:
+                 "spectrum_cait.png", "phases.md"] + [f"{m}/phases.csv" for m in depth]:
         assert name in html, name
-    assert html.count('"data_uri": "data:image/png;') == 7 and html.count('"data_uri": "data:text/csv;') == 4
-    assert "one row per distillation run" in html and "Channel spectrum of resnet" in html
-    assert "Phases of resnet" in html and "low-pass score" in html
+    assert html.count('"data_uri": "data:image/png;') == 6 and html.count('"data_uri": "data:text/csv;') == 3
+    assert "one row per distillation run" in html and "Channel spectrum of cait" in html
+    assert "Phases of cait" in html and "low-pass score" in html
 
     # A run added to the finished cohort: Snakemake reruns the cohort's job, which trains only the new run
     # and restores the five others from results/state/finished/ unchanged.
