@@ -48,6 +48,9 @@ for cohort_id, specs in COHORTS.items():
             every=config["distill"]["evolution_every"],
             device=config["device"],
             launch=launcher(RUN_GPUS),
+        # the longest jobs first (student-epochs), so that short ones fill the gaps instead of a long one
+        # running alone at the end
+        priority: sum(spec.epochs for spec in specs)
         threads: config["distill"]["threads"]
         resources:
             gpu=RUN_GPUS,
