@@ -31,10 +31,10 @@ def test_default_config_is_valid_and_mirrors_table1_and_beyond(default, schema):
     cfg = configuration.validate(copy.deepcopy(default), schema)
     configuration.check_models(cfg)
     runs = {spec.run_id for spec in configuration.run_specs(cfg)}
-    table1 = {"softkd_none_b0_e15", "softkd_none_b0_e25", "spectral_First1+Last1_b0.2_e15", "spectral_First1_b0.2_e15",
-              "spectral_Last1_b0.2_e15", "spectral_Last1_b0.1_e15", "spectral_Last8_b0.2_e15",
-              "projector_First1_b0.2_e15", "projector_Last1_b0.2_e15", "projector_First1+Last1_b0.2_e15",
-              "spectral_Last1_b0.2_e25", "lowpass_Last1_b0.2_e15", "pca_Last1_b0.2_e15"}
+    table1 = {"softkd_none_b0_e18", "softkd_none_b0_e30", "spectral_First1+Last1_b0.2_e18", "spectral_First1_b0.2_e18",
+              "spectral_Last1_b0.2_e18", "spectral_Last1_b0.1_e18", "spectral_Last8_b0.2_e18",
+              "projector_First1_b0.2_e18", "projector_Last1_b0.2_e18", "projector_First1+Last1_b0.2_e18",
+              "spectral_Last1_b0.2_e30", "lowpass_Last1_b0.2_e18", "pca_Last1_b0.2_e18"}
     assert runs == {f"{point}_s{seed}" for point in table1 for seed in (0, 1, 2)}
 
 

@@ -42,15 +42,15 @@ def test_dry_run_of_the_default_config(repo, env):
     result = snakemake(["-n", "--cores", "2", "--forceall"], repo, env)  # also after a `make run`
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    # 39 runs in 6 cohorts: 11 runs of 15 epochs and 2 of 25, in each of 3 seeds.
+    # 39 runs in 6 cohorts: 11 runs of 18 epochs and 2 of 30, in each of 3 seeds.
     assert counts == {"all": 1, "fetch": 3, "capture": 3, "spectrum": 3, "entropy": 3, "magnitude": 3,
                       "phases": 3, "distill": 6, "table1": 1, "figure_profiles": 1, "figure_phases": 1,
                       "figure_spectrum": 3, "figure_evolution": 1, "figure_curves": 1, "phases_summary": 1,
                       "total": 34}
     cohorts = cohorts_listed(result.stdout)
-    assert sorted(cohorts) == [f"cohort_e{e}_s{s}" for e in (15, 25) for s in range(3)]
-    assert cohorts["cohort_e25_s1"] == ["softkd_none_b0_e25_s1", "spectral_Last1_b0.2_e25_s1"]
-    assert sum(len(runs) for runs in cohorts.values()) == 39 and len(cohorts["cohort_e15_s2"]) == 11
+    assert sorted(cohorts) == [f"cohort_e{e}_s{s}" for e in (18, 30) for s in range(3)]
+    assert cohorts["cohort_e30_s1"] == ["softkd_none_b0_e30_s1", "spectral_Last1_b0.2_e30_s1"]
+    assert sum(len(runs) for runs in cohorts.values()) == 39 and len(cohorts["cohort_e18_s2"]) == 11
 
 
 def _with_distill(repo, tmp_path, **distill):
@@ -66,10 +66,10 @@ def test_cohort_size_splits_and_cohort_false_gives_one_job_per_run(repo, env, tm
                         _with_distill(repo, tmp_path, cohort_size=4)], repo, env)
     assert capped.returncode == 0, capped.stderr
     cohorts = cohorts_listed(capped.stdout)
-    # 11 runs of one seed and 15 epochs, at most 4 per job: three near-equal parts, config order kept.
-    assert [len(cohorts[f"cohort_e15_s0_{k}of3"]) for k in (1, 2, 3)] == [4, 3, 4]
-    assert cohorts["cohort_e15_s0_1of3"][0] == "softkd_none_b0_e15_s0" and job_counts(capped.stdout)["distill"] == 12
-    # Across epochs: one job per seed, the 25-epoch runs beside the 15-epoch ones.
+    # 11 runs of one seed and 18 epochs, at most 4 per job: three near-equal parts, config order kept.
+    assert [len(cohorts[f"cohort_e18_s0_{k}of3"]) for k in (1, 2, 3)] == [4, 3, 4]
+    assert cohorts["cohort_e18_s0_1of3"][0] == "softkd_none_b0_e18_s0" and job_counts(capped.stdout)["distill"] == 12
+    # Across epochs: one job per seed, the 30-epoch runs beside the 18-epoch ones.
     seeds = snakemake(["results/table1.csv", "-n", "--cores", "2", "--forceall", "--configfile",
                        _with_distill(repo, tmp_path, cohort_across_epochs=True)], repo, env)
     assert seeds.returncode == 0, seeds.stderr
@@ -78,14 +78,14 @@ def test_cohort_size_splits_and_cohort_false_gives_one_job_per_run(repo, env, tm
                         _with_distill(repo, tmp_path, cohort=False)], repo, env)
     assert single.returncode == 0, single.stderr
     assert job_counts(single.stdout)["distill"] == 39
-    assert cohorts_listed(single.stdout)["softkd_none_b0_e15_s0"] == ["softkd_none_b0_e15_s0"]
+    assert cohorts_listed(single.stdout)["softkd_none_b0_e18_s0"] == ["softkd_none_b0_e18_s0"]
 
 
 def test_one_runs_summary_builds_its_cohort(repo, env):
-    result = snakemake(["-n", "--cores", "2", "--forceall", "results/runs/softkd_none_b0_e25_s2/summary.json"],
+    result = snakemake(["-n", "--cores", "2", "--forceall", "results/runs/softkd_none_b0_e30_s2/summary.json"],
                        repo, env)
     assert result.returncode == 0, result.stderr
-    assert cohorts_listed(result.stdout) == {"cohort_e25_s2": ["softkd_none_b0_e25_s2", "spectral_Last1_b0.2_e25_s2"]}
+    assert cohorts_listed(result.stdout) == {"cohort_e30_s2": ["softkd_none_b0_e30_s2", "spectral_Last1_b0.2_e30_s2"]}
 
 
 def test_table1_target_builds_only_what_the_table_needs(repo, env):
