@@ -22,6 +22,8 @@ rule fetch:
         state=lambda wc: f"results/state/fetch/{wc.model}/last.pt",
         device=config["device"],
         launch=launcher(ONE_GPU),
+    # the teacher first: every distillation job waits for it
+    priority: lambda wc: 1000 if wc.model == TEACHER else 0
     threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
     resources:
         gpu=ONE_GPU,
