@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_cohort import bench_cohort
+from bench_cohort import bench_cohort, measured_process
 
 OUT = Path("results/bench")
 SECTIONS = ("metrics", "memory", "calibration", "capture", "train", "cohort", "live", "dag")
@@ -392,16 +392,8 @@ def bench_live(repeats: int, epochs: int = 4) -> list[dict]:
 def _timed_cpu(command: list[str]) -> tuple[float, float, str]:
     """Wall seconds and CPU seconds (user + system) of one process, start-up included (the CPU time is
     less moved by other work on a shared machine), and its log."""
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the process
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.seek(0)
-            raise RuntimeError(f"{' '.join(command[:4])} failed: {log.read().decode()[-2000:]}")
-        log.seek(0)
-        return seconds, usage.ru_utime + usage.ru_stime, log.read().decode()
+    seconds, usage, log = measured_process(command)
+    return seconds, usage.ru_utime + usage.ru_stime, log
 
 
 # -- workflow --------------------------------------------------------------------------------------

@@ -19,16 +19,24 @@ TABLE1_GRID = [{"method": "softkd"}] + [
         ("projector", "Last1", 0.2), ("projector", "First1+Last1", 0.2)]]
 
 
-def timed_process(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one process, start-up included."""
+def measured_process(command: list[str]):
+    """Run one process to its end: its wall seconds (start-up included), its resource usage (os.wait4)
+    and what it logged; a failure raises with the log's tail."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the process
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.seek(0)
-            raise RuntimeError(f"{' '.join(command[:3])} failed: {log.read().decode()[-2000:]}")
+        log.seek(0)
+        text = log.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} failed: {text[-2000:]}")
+    return seconds, usage, text
+
+
+def timed_process(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one process, start-up included."""
+    seconds, usage, _ = measured_process(command)
     return seconds, usage.ru_maxrss / 1024
 
 
