@@ -4,6 +4,10 @@
   split into train/val by a seeded permutation; needs no download, the embedded default.
 - `imagefolder`: the ImageNet layout, `<root>/train/<class>/*.JPEG` and `<root>/val/<class>/*.JPEG`.
 - `cifar10` / `cifar100`: torchvision's folders under `<root>` (never downloaded here).
+- timm's dataset names, through `timm.data.create_dataset`: `folder` (a folder or `.tar` per split under
+  `<root>`), `hfds/<name>` (a Hugging Face dataset), `wds/<name>` (WebDataset tar shards), `tfds/<name>`.
+  `folder` and `hfds/` are indexable and serve every stage; `wds/` and `tfds/` are streams, read in
+  their stored order: they serve the analysis (`sample: first`) only.
 """
 from __future__ import annotations
 
@@ -13,13 +17,16 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .errors import UserError
 from .files import first_line
+from .timm_datasets import FirstOf, is_stream, timm_dataset, timm_prefix  # noqa: F401  (is_stream: for callers)
 
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100")
 SPLITS = ("train", "val")
+VALID_NAMES = ", ".join(DATASETS + ("folder", "hfds/<name>", "wds/<name>", "tfds/<name>"))
+IMAGE_MODES = ("RGB", "L")
 
 
 class DigitsDataset(Dataset):
@@ -56,7 +63,11 @@ class DigitsDataset(Dataset):
 
 
 # dataset keys and the types their values take (the workflow schema checks them too; the CLI gets JSON)
-DATASET_KEYS = {"name": (str,), "root": (str, type(None)), "val_fraction": (int, float), "split_seed": (int,)}
+# (train_split .. image_mode apply to timm's names; their defaults live here, not in the schema, so that
+# a config without them stays the config it was)
+DATASET_KEYS = {"name": (str,), "root": (str, type(None)), "val_fraction": (int, float), "split_seed": (int,),
+                "train_split": (str,), "val_split": (str,), "class_map": (str, type(None)),
+                "num_classes": (int, type(None)), "image_mode": (str,)}
 
 
 def check_dataset_cfg(cfg: dict) -> None:
@@ -68,14 +79,21 @@ def check_dataset_cfg(cfg: dict) -> None:
             kinds = "a number" if DATASET_KEYS[key] == (int, float) else " or ".join(
                 "null" if t is type(None) else "an integer" if t is int else "a string" for t in DATASET_KEYS[key])
             raise UserError(f"dataset.{key} must be {kinds}, got {value!r}")
+    if cfg.get("image_mode", "RGB") not in IMAGE_MODES:
+        raise UserError(f"dataset.image_mode must be one of {', '.join(IMAGE_MODES)} (3 or 1 channels), "
+                        f"got {cfg['image_mode']!r}")
+    if cfg.get("num_classes") is not None and cfg["num_classes"] < 1:
+        raise UserError(f"dataset.num_classes must be at least 1, got {cfg['num_classes']}")
 
 
 def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:
     """The dataset named by `cfg['name']` (see DATASETS) for `split`, with `transform` applied."""
     check_dataset_cfg(cfg)
     name = cfg.get("name", "digits")
+    if timm_prefix(name):
+        return timm_dataset(cfg, split, transform)
     if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}': valid datasets are {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset.name '{name}': valid datasets are {VALID_NAMES}")
     if name == "digits":
         return DigitsDataset(split, cfg.get("val_fraction", 0.2), cfg.get("split_seed", 0), transform)
     root = cfg.get("root")
@@ -115,10 +133,17 @@ def load_image(path: str):
 
 
 def num_classes(dataset: Dataset) -> int:
-    if isinstance(dataset, Subset):
+    if isinstance(dataset, (Subset, FirstOf)):
         return num_classes(dataset.dataset)
     if hasattr(dataset, "num_classes"):
         return int(dataset.num_classes)
+    reader = getattr(dataset, "reader", None)  # timm's datasets: their reader's class index
+    if reader is not None:
+        classes = getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", None)
+        if not classes:
+            raise UserError("the dataset's labels name no classes to count (a webdataset's .cls numbers, say): "
+                            "set dataset.num_classes, or dataset.class_map")
+        return max(classes.values()) + 1
     return len(dataset.classes)
 
 
@@ -130,6 +155,14 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     targets = getattr(dataset, "targets", None)
+    reader = getattr(dataset, "reader", None)  # timm's: a folder's (path, label) list, a tar's labels, HF's column
+    if targets is None and reader is not None:
+        if hasattr(reader, "targets"):
+            targets = reader.targets
+        elif hasattr(reader, "samples"):
+            targets = [label for _, label in reader.samples]
+        elif hasattr(reader, "iter_targets"):
+            targets = list(reader.iter_targets())
     if targets is None:  # e.g. a TensorDataset: read every sample
         targets = [int(dataset[i][1]) for i in range(len(dataset))]
     return np.asarray(targets, dtype=np.int64)
@@ -144,6 +177,16 @@ def analysis_images(dataset: Dataset, n: int, how: str = "stratified", seed: int
     """
     if n < 1:
         raise UserError(f"the number of fixed images must be at least 1, got {n}")
+    if isinstance(dataset, IterableDataset):
+        if how not in SAMPLES:
+            raise UserError(f"unknown analysis.sample '{how}': valid are {', '.join(SAMPLES)}")
+        if how != "first":
+            raise UserError(f"analysis.sample '{how}' needs the labels of the whole split, which a stream dataset "
+                            f"(wds/, tfds/) gives only by reading all of it: use analysis.sample: first")
+        if 0 < len(dataset) < n:  # a stream's length is known only where its split gives it (else 0)
+            raise UserError(f"analysis.num_images is {n} but the split has {len(dataset)} images: use at most "
+                            f"{len(dataset)}")
+        return FirstOf(dataset, n)
     if n > len(dataset):
         raise UserError(f"analysis.num_images is {n} but the validation split has {len(dataset)} images: use at most "
                         f"{len(dataset)}")
@@ -237,5 +280,6 @@ def digits_augmentation(then: Callable) -> Callable:
 
 def stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """All of a (small) dataset as one image tensor and one label tensor."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    samples = iter(dataset) if isinstance(dataset, IterableDataset) else (dataset[i] for i in range(len(dataset)))
+    images, labels = zip(*samples)
     return torch.stack(images), torch.as_tensor(labels)
