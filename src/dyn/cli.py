@@ -98,7 +98,7 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 
 @cli.command()
 @click.option("--name", required=True, help="Model key (as in the config).")
-@click.option("--arch", required=True, help="timm model name.")
+@click.option("--arch", required=True, help="timm model name, hf-hub: id or package.module:function.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fetched .safetensors.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc path.")
 @click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True)
@@ -108,19 +108,21 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
               help="zlib level of the NetCDF file (0: uncompressed).")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True,
               help="The split the images come from: val (the analysis) or train (what `auto` layers are chosen on).")
+@click.option("--layers", "layer_globs", multiple=True, help="Module-name glob of the layers (repeatable, e.g. "
+              "'blocks.*'): forward hooks on the modules it selects; none: timm's forward_intermediates.")
 @_with(sample_options)
 @dataset_option
 @device_option
 @threads_option
-def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, split, sample,
-            sample_seed, transform, dataset_cfg, device, threads):
+def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, split, layer_globs,
+            sample, sample_seed, transform, dataset_cfg, device, threads):
     """Write the per-layer activations of N fixed images (of the validation split by default) to NetCDF."""
     _setup(threads)
     from .analysis.capture import capture_checkpoint
 
     capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
                        compression_level, device, sample, sample_seed, progress=_progress(), transform=transform,
-                       split=split)
+                       split=split, layers=list(layer_globs) or None)
     log.info("wrote %s", out)
 
 
@@ -203,6 +205,8 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, a
 @click.option("--teacher-arch", required=True)
 @click.option("--teacher-checkpoint", required=True, type=click.Path(dir_okay=False))
 @click.option("--student-arch", required=True)
+@click.option("--teacher-layers", multiple=True, help="Module-name glob of the teacher's layers (repeatable).")
+@click.option("--student-layers", multiple=True, help="Module-name glob of the student's layers (repeatable).")
 @click.option("--runs-dir", required=True, type=click.Path(file_okay=False),
               help="Each run writes <runs-dir>/<run id>/.")
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
@@ -221,8 +225,8 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, a
 @device_option
 @threads_option
 def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, pca_keep, pca_images, epochs, seed,
-            teacher_arch, teacher_checkpoint, student_arch, runs_dir, state, finished_dir, num_images, bins,
-            evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
+            teacher_arch, teacher_checkpoint, student_arch, teacher_layers, student_layers, runs_dir, state,
+            finished_dir, num_images, bins, evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD, low-pass or PCA SpectralKD) on one data
     stream and one teacher forward, or one student, and write each run's directory."""
     _setup(threads)
@@ -243,7 +247,7 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, p
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
                             state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
                             lowpass_keep=lowpass_keep, finished_dir=finished_dir, pca_keep=pca_keep,
-                            pca_images=pca_images)
+                            pca_images=pca_images, teacher_layers=teacher_layers, student_layers=student_layers)
     for summary in summaries or []:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
 
@@ -385,11 +389,13 @@ def gpu_run(gpus, pool, command):
 @click.option("--schema", type=click.Path(dir_okay=False), default="workflow/schemas/config.schema.yaml",
               show_default=True)
 @click.option("--models/--no-models", default=True, help="Also check model names and layer specs against depths.")
-def check_config(config_file, schema, models):
+@click.option("--target", "targets", multiple=True, help="A file to be built (results/table1.csv): the config must "
+              "have the sections it needs.")
+def check_config(config_file, schema, models, targets):
     """Validate a workflow config and list its distillation runs."""
     from .workflow.config import check_file
 
-    for spec in check_file(config_file, schema, models):
+    for spec in check_file(config_file, schema, models, targets):
         click.echo(spec.run_id)
 
 

@@ -21,6 +21,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError
+from .factories import build_factory, factory_from_checkpoint, is_factory
 from .files import first_line
 
 # Pixel statistics of scikit-learn's digits scaled to [0, 1] (mean 4.88/16, std 6.02/16).
@@ -94,8 +95,9 @@ def resnet_digits(pretrained: bool = False, **kwargs) -> ResNet:
 
 
 def is_known(arch: str) -> bool:
-    """Whether timm can build `arch` (a model name, optionally with a .pretrained_tag)."""
-    return timm.is_model(arch.split(".")[0])
+    """Whether `arch` can be built: a timm model name (optionally with a .pretrained_tag), an `hf-hub:` id
+    (resolved when the model is made), or a user's `module:function`."""
+    return arch.startswith("hf-hub:") or is_factory(arch) or timm.is_model(arch.split(".")[0])
 
 
 def check_model_name(arch: str) -> None:
@@ -103,12 +105,31 @@ def check_model_name(arch: str) -> None:
     if not is_known(arch):
         close = timm.list_models(f"*{arch.split('.')[0].split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
-        raise UserError(f"unknown model '{arch}': not a timm model name{hint}")
+        raise UserError(f"unknown model '{arch}': not a timm model name, an hf-hub: id or a module:function{hint}")
+
+
+def _build(arch: str, pretrained: bool, num_classes: int | None, **kwargs) -> nn.Module:
+    """timm.create_model, or the user's factory called with `num_classes` (timm's other `kwargs`, such as
+    drop_path_rate, are not passed to it); one line where it fails."""
+    if is_factory(arch):
+        return build_factory(arch, pretrained, num_classes)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except (OSError, ValueError) as error:
+        if not arch.startswith("hf-hub:"):
+            raise
+        raise UserError(f"cannot make '{arch}': the Hugging Face hub cannot be reached or has no such model "
+                        f"({type(error).__name__}); offline, give the weights as a local file") from None
 
 
 def create_model(arch: str, num_classes: int | None = None, in_chans: int | None = None,
-                 checkpoint: str | os.PathLike | None = None, hub: bool = False, **kwargs) -> nn.Module:
-    """Create a timm model; load a local checkpoint (safetensors or .pth) or the hub weights.
+                 checkpoint: str | os.PathLike | None = None, hub: bool = False,
+                 layers: Sequence[str] | None = None, **kwargs) -> nn.Module:
+    """Create a timm model (a name or an `hf-hub:` id) or a user's `module:function` model; load a local
+    checkpoint (safetensors or .pth) or the hub weights; with `layers` (module-name globs), its features
+    come from forward hooks on the modules they select (`dyn.hooks`).
 
     With a checkpoint and no `num_classes`, the checkpoint's classifier decides the class count.
     """
@@ -116,10 +137,19 @@ def create_model(arch: str, num_classes: int | None = None, in_chans: int | None
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     if checkpoint is None:
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        return timm.create_model(arch, pretrained=hub, **kwargs)
-    path = existing_checkpoint(checkpoint)
+        model = _build(arch, hub, num_classes, **kwargs)
+    elif is_factory(arch):
+        model = factory_from_checkpoint(arch, Path(checkpoint), read_checkpoint(checkpoint), num_classes)
+    else:
+        model = _timm_from_checkpoint(arch, existing_checkpoint(checkpoint), num_classes, kwargs)
+    if layers:
+        from .hooks import attach
+
+        attach(model, layers)
+    return model
+
+
+def _timm_from_checkpoint(arch: str, path: Path, num_classes: int | None, kwargs: dict) -> nn.Module:
     state = read_checkpoint(path)  # a clear line for an unreadable file, before timm reads it
     if num_classes is None:
         num_classes = checkpoint_classes(arch, state)
@@ -135,19 +165,40 @@ def create_model(arch: str, num_classes: int | None = None, in_chans: int | None
         raise UserError(_misfit(arch, path, state, kwargs)) from None
 
 
+def classes_of(model: nn.Module) -> int | None:
+    """The class count of a model: timm's `num_classes`, or the rows of its last Linear layer."""
+    if isinstance(getattr(model, "num_classes", None), int):
+        return model.num_classes
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
 def num_layers(model: nn.Module) -> int:
-    """How many feature layers `features` can return: blocks for ViTs, stem + stages for CNNs."""
+    """How many feature layers `features` can return: the hooked modules, or timm's blocks for ViTs,
+    stem + stages for CNNs."""
+    from .hooks import layer_names
+
+    names = layer_names(model)
+    if names is not None:
+        return len(names)
+    if not hasattr(model, "forward_intermediates"):
+        raise UserError(f"{type(model).__name__} has no forward_intermediates: pick its layers by module name "
+                        "(models.<key>.layers, e.g. ['blocks.*'] or ['layer[1-4]'])")
     return len(model.feature_info)
 
 
-def depth_of(arch: str) -> int:
+def depth_of(arch: str, layers: Sequence[str] | None = None) -> int:
     """`num_layers` of an architecture, read from a weightless copy built on the meta device."""
     with torch.device("meta"):
-        return num_layers(create_model(arch))
+        return num_layers(create_model(arch, layers=layers))
 
 
 def layer_kind(model: nn.Module) -> str:
-    """'block' for transformer blocks, 'stage' for CNN stages."""
+    """'block' for transformer blocks, 'stage' for CNN stages, 'module' for layers picked by name."""
+    from .hooks import layer_names
+
+    if layer_names(model) is not None:
+        return "module"
     return "block" if hasattr(model, "blocks") and "blocks." in model.feature_info[-1]["module"] else "stage"
 
 
@@ -157,7 +208,12 @@ def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = N
 
     With `with_logits`, returns (logits, maps) from one forward pass.
     """
+    from .hooks import hooked_features, layer_names
+
     indices = list(range(num_layers(model))) if layers is None else [int(i) for i in layers]
+    if layer_names(model) is not None:
+        logits, maps = hooked_features(model, x, indices)
+        return (logits, maps) if with_logits else maps
     if not with_logits:
         return model.forward_intermediates(x, indices=indices, output_fmt="NCHW", intermediates_only=True)
     final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
@@ -262,6 +318,7 @@ def _misfit(arch: str, path: Path, state: dict, kwargs: dict) -> str:
     return f"checkpoint {path} does not fit {arch}: its parameters are {'; '.join(parts)}; a checkpoint of another model?"
 
 
-def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_checkpoint(arch: str, checkpoint: str | Path, device: str | torch.device = "cpu",
+                    layers: Sequence[str] | None = None) -> nn.Module:
     """A model from a fetched checkpoint, in eval mode; its classifier decides the class count."""
-    return create_model(arch, checkpoint=existing_checkpoint(checkpoint)).to(device).eval()
+    return create_model(arch, checkpoint=existing_checkpoint(checkpoint), layers=layers).to(device).eval()

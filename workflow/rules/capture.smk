@@ -19,6 +19,7 @@ rule capture:
     params:
         name=lambda wc: model_key(wc.model),
         arch=lambda wc: MODELS[model_key(wc.model)]["arch"],
+        layers=lambda wc: layer_options("--layers", model_key(wc.model)),
         split=lambda wc: split_of(wc.model),
         dataset=as_json(config["dataset"]),
         num_images=ANALYSIS["num_images"],
@@ -35,6 +36,7 @@ rule capture:
         gpu=ONE_GPU,
     shell:
         "{params.launch} capture --name {params.name} --arch {params.arch:q} --split {params.split} --checkpoint {input.checkpoint}"
+        " {params.layers}"
         " --out {output} --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
         " --transform {params.transform} --dtype {params.dtype}"
         " --samples-per-chunk {params.chunk} --compression-level {params.level}"

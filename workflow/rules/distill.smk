@@ -34,6 +34,8 @@ for cohort_id, specs in COHORTS.items():
                  if any(s.method == "pca" for s in specs) else ""),
             teacher_arch=MODELS[TEACHER]["arch"],
             student_arch=MODELS[STUDENT]["arch"],
+            layers=" ".join(filter(None, (layer_options("--teacher-layers", TEACHER),
+                                          layer_options("--student-layers", STUDENT)))),
             dataset=as_json(config["dataset"]),
             train=as_json(config["train"]),
             state=f"results/state/{cohort_id}/last.pt",
@@ -47,26 +49,26 @@ for cohort_id, specs in COHORTS.items():
             transform=ANALYSIS["transform"],
             every=config["distill"]["evolution_every"],
             device=config["device"],
-            launch=launcher(RUN_GPUS),
+            launch=launcher(RUN_GPUS, config["distill"]["nodes"]),
         # the longest jobs first (student-epochs), so that short ones fill the gaps instead of a long one
         # running alone at the end
         priority: sum(spec.epochs for spec in specs)
         threads: config["distill"]["threads"]
         resources:
-            gpu=RUN_GPUS,
-            cpus_per_gpu=RESOURCES["distill"]["cpus_per_gpu"],
+            # mem_mb is per node (--mem)
             mem_mb=RESOURCES["distill"]["mem_mb"],
             # per job: a cohort cut off by it continues after its last epoch when retried
             runtime=RESOURCES["distill"]["runtime"],
-            # the site's partition, GPU model, QOS... (resources.distill.slurm): set-resources cannot
-            # name rules made in a loop
-            **RESOURCES["distill"]["slurm"],
+            # GPUs and CPUs (distill.nodes above 1: nodes, one task per node, GPUs per node), then the site's
+            # partition, GPU model, QOS... (resources.distill.slurm): set-resources cannot name rules made
+            # in a loop
+            **distill_resources(),
         shell:
             "{params.launch} distill --runs {params.runs:q} --seed {params.seed}"
             " {params.phases} --lowpass-keep {params.keep}"
             " {params.pca}"
             " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
-            " --student-arch {params.student_arch:q} --runs-dir results/runs --state {params.state}"
+            " --student-arch {params.student_arch:q} {params.layers} --runs-dir results/runs --state {params.state}"
             " {params.finished}"
             " --num-images {params.num_images} --sample {params.sample} --sample-seed {params.sample_seed}"
             " --transform {params.transform} --bins {params.bins} --entropy-range {params.entropy_range}"

@@ -24,7 +24,7 @@ rule fetch:
         launch=launcher(ONE_GPU),
     # the teacher first: every distillation job waits for it
     priority: lambda wc: 1000 if wc.model == TEACHER else 0
-    threads: lambda wc: config["distill"]["threads"] if MODELS[wc.model]["weights"] == "train" else 1
+    threads: lambda wc: TRAIN_THREADS if MODELS[wc.model]["weights"] == "train" else 1
     resources:
         gpu=ONE_GPU,
         cpus_per_gpu=RESOURCES["fetch"]["cpus_per_gpu"],

@@ -13,7 +13,7 @@ rule table1:
     conda:
         "../envs/dyn.yaml"
     shell:
-        "dyn report table {input} --out {output.table} > {log} 2>&1"
+        needs_distill("dyn report table {input} --out {output.table} > {log} 2>&1")
 
 
 rule figure_profiles:
@@ -97,7 +97,7 @@ rule figure_evolution:
     params:
         formats=",".join(FORMATS),
     shell:
-        "dyn report evolution {input} --out results/figures/evolution --formats {params.formats} > {log} 2>&1"
+        needs_distill("dyn report evolution {input} --out results/figures/evolution --formats {params.formats} > {log} 2>&1")
 
 
 rule figure_curves:
@@ -114,6 +114,6 @@ rule figure_curves:
     params:
         formats=",".join(FORMATS),
     shell:
-        "(dyn report curves {input.summaries} --out results/figures/curves --formats {params.formats}"
-        " && dyn report curves {input.summaries} --metric loss --out results/figures/curves_loss"
-        " --formats {params.formats}) > {log} 2>&1"
+        needs_distill("(dyn report curves {input.summaries} --out results/figures/curves --formats {params.formats}"
+                      " && dyn report curves {input.summaries} --metric loss --out results/figures/curves_loss"
+                      " --formats {params.formats}) > {log} 2>&1")

@@ -130,21 +130,26 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
                        dataset_cfg: dict, num_images: int = 64, dtype: str = "float32", samples_per_chunk: int = 16,
                        compression_level: int = 0, device: str = "auto", sample: str = "stratified",
                        sample_seed: int = 0, progress: bool = False, transform: str = "model",
-                       split: str = "val") -> Path:
+                       split: str = "val", layers: list[str] | None = None) -> Path:
     """`dyn capture`: a fetched checkpoint's activations on fixed images of the validation split (the
     analysis) or of the training split (what `auto` layer selection reads, so that the layers a student
     is evaluated with were not chosen on its validation images); `sample`: stratified over the classes,
-    or the first `num_images`; `transform`: the model's own or the authors' `imagenet` protocol."""
+    or the first `num_images`; `transform`: the model's own or the authors' `imagenet` protocol; `layers`:
+    module-name globs (forward hooks; attr `layer_modules`), or timm's forward_intermediates."""
     from ..data import analysis_images, analysis_transform, build_dataset, describe_sample
     from ..models import load_checkpoint, sha256_of
     from ..training.distributed import resolve_device
 
-    model = load_checkpoint(arch, checkpoint)
+    from ..hooks import layer_names
+
+    model = load_checkpoint(arch, checkpoint, layers=layers)
     dataset = build_dataset(dataset_cfg, split, analysis_transform(model, transform))
     images = analysis_images(dataset, num_images, sample, sample_seed)
     attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
              "dataset": dataset_cfg.get("name", "digits"), "split": split,
              "sample_selection": describe_sample(sample, len(images), sample_seed, split), "transform": transform}
+    if layers:  # which modules the layers are, in order
+        attrs.update(layer_globs=", ".join(layers), layer_modules=", ".join(layer_names(model)))
     return capture(model, images, out, attrs, dtype=dtype, samples_per_chunk=samples_per_chunk,
                    compression_level=compression_level, device=resolve_device(device), progress=progress)
 

@@ -28,7 +28,7 @@ from timm.task import DistillationTeacher
 from .. import __version__
 from ..data import build_dataset, num_classes
 from ..errors import UserError
-from ..models import create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
+from ..models import classes_of, create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
 from ..workflow import layers
 from ..workflow.atomic import write_json
 from ..workflow.runs import RunSpec
@@ -69,17 +69,21 @@ class RunSetup:
     lowpass_keep: float = 0.25
     pca_keep: float = 0.25
     pca_images: int = 256
+    teacher_layers: tuple[str, ...] = ()  # module-name globs; none: timm's forward_intermediates
+    student_layers: tuple[str, ...] = ()
 
     def fingerprint(self, world_size: int) -> str:
-        # The pca settings only in a pca run's: changing them does not retrain (or un-resume) the others.
+        # The pca settings only in a pca run's: changing them does not retrain (or un-resume) the others;
+        # layer globs only where there are some, so that the runs of timm models keep their keys.
         pca = (self.pca_keep, self.pca_images) if self.spec.method == "pca" else ()
+        globs = (self.teacher_layers, self.student_layers) if self.teacher_layers or self.student_layers else ()
         return fingerprint_of(self.spec, self.pairs, self.teacher_arch, self.teacher_sha256, self.student_arch,
                               self.dataset_cfg, self.recipe.result_dict(), dataclasses.asdict(self.snapshots),
-                              self.lowpass_keep, *pca, world_size)
+                              self.lowpass_keep, *pca, *globs, world_size)
 
 
-def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
-                  teacher_phases: str | Path | None = None) -> list[tuple[int, int]]:
+def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str, teacher_phases: str | Path | None = None,
+                  student_layers: Sequence[str] = (), teacher_layers: Sequence[str] = ()) -> list[tuple[int, int]]:
     """The spec's (student, teacher) block pairs, checked against both models' depths; `auto` specs
     read the teacher's bottleneck from its phases.csv."""
     if spec.method == "softkd":
@@ -91,14 +95,16 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str,
         if teacher_phases is None:
             raise UserError(f"layer spec '{spec.layers}' needs the teacher's phases.csv (--teacher-phases)")
         bottleneck = read_bottleneck(teacher_phases)
-    return layers.parse(spec.layers, depth_of(student_arch), depth_of(teacher_arch), bottleneck)
+    return layers.parse(spec.layers, depth_of(student_arch, student_layers), depth_of(teacher_arch, teacher_layers),
+                        bottleneck)
 
 
 def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
             dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
             snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
             lowpass_keep: float = 0.25, finished_dir: str | Path | None = None, pca_keep: float = 0.25,
-            pca_images: int = 256) -> list[dict] | None:
+            pca_images: int = 256, teacher_layers: Sequence[str] = (),
+            student_layers: Sequence[str] = ()) -> list[dict] | None:
     """Train a cohort of students of one teacher, one architecture and one seed (one spec: a plain run),
     each for its own epochs; write each run's directory (`out_dirs`, in the order of `specs`); return their
     summaries (None off the main process).
@@ -111,18 +117,21 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     channel frequencies the `lowpass` method keeps of the teacher's maps; `pca_keep`, `pca_images`: the
     share of each aligned teacher layer's principal directions the `pca` method keeps, and the number of
     training images they are estimated on (once per cohort, before training); `finished_dir`: where
-    finished runs are kept, and from where a run finished before under the same key is restored, not trained.
+    finished runs are kept, and from where a run finished before under the same key is restored, not trained;
+    `teacher_layers`, `student_layers`: module-name globs of the models' layers (forward hooks), if any.
     """
     started = time.perf_counter()
     state_path = Path(state_path) if state_path else None
     specs = _check_cohort(list(specs), len(out_dirs))
     out_dirs = [Path(out_dir) for out_dir in out_dirs]
-    pairs = [aligned_pairs(spec, student_arch, teacher_arch, teacher_phases) for spec in specs]  # before any load
+    pairs = [aligned_pairs(spec, student_arch, teacher_arch, teacher_phases, student_layers, teacher_layers)
+             for spec in specs]  # before any load
     world = distributed.init(device)
     try:
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
         setups = [RunSetup(spec, spec_pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch,
-                           dataset_cfg, recipe, snapshots, lowpass_keep, pca_keep, pca_images)
+                           dataset_cfg, recipe, snapshots, lowpass_keep, pca_keep, pca_images, tuple(teacher_layers),
+                           tuple(student_layers))
                   for spec, spec_pairs in zip(specs, pairs)]
         keys = [finished.reuse_key(setup.fingerprint(world.size), world.device.type) for setup in setups]
         kept = [finished_dir is not None and finished.is_kept(finished_dir, spec.run_id, key)
@@ -191,16 +200,18 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
     """The students (each a member of the loop, built in its own random stream), the teacher they share,
     the training and validation batches and the snapshot images."""
     recipe, dataset_cfg, first = setups[0].recipe, setups[0].dataset_cfg, setups[0]
-    teacher = DistillationTeacher(load_checkpoint(first.teacher_arch, first.teacher_checkpoint), device=world.device)
+    teacher = DistillationTeacher(load_checkpoint(first.teacher_arch, first.teacher_checkpoint,
+                                                  layers=first.teacher_layers), device=world.device)
     n_classes = num_classes(build_dataset(dataset_cfg, "val"))
-    if teacher.model.num_classes != n_classes:
-        raise UserError(f"teacher {first.teacher_arch} has {teacher.model.num_classes} classes but the dataset has "
+    if classes_of(teacher.model) != n_classes:
+        raise UserError(f"teacher {first.teacher_arch} has {classes_of(teacher.model)} classes but the dataset has "
                         f"{n_classes}")
     tasks, streams = [], []
     for setup in setups:
         stream = RngStream(setup.spec.seed, world.device)
         with stream.active():  # initialisation (student, projector) from the student's own stream
-            student = create_model(setup.student_arch, num_classes=n_classes, drop_path_rate=recipe.drop_path or None)
+            student = create_model(setup.student_arch, num_classes=n_classes, layers=setup.student_layers,
+                                   drop_path_rate=recipe.drop_path or None)
             tasks.append(LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
                                                temperature=recipe.temperature, beta=setup.spec.beta,
                                                label_smoothing=recipe.label_smoothing, device=world.device,

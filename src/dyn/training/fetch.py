@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..data import build_dataset, num_classes
 from ..errors import UserError
-from ..models import create_model, save_weights
+from ..models import classes_of, create_model, save_weights
 from ..workflow.atomic import write_json
 from ..workflow.config import weights_kind
 from .batches import split_batches
@@ -74,11 +74,11 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
                 torch.hub.download_url_to_file(weights, str(path), progress=False)
             model = create_model(arch, checkpoint=path)  # the checkpoint's classifier decides the classes
         source = weights
-    info = {"model": name, "arch": arch, "source": source, "weights": weights, "num_classes": model.num_classes,
+    info = {"model": name, "arch": arch, "source": source, "weights": weights, "num_classes": classes_of(model),
             "dataset": dataset_cfg.get("name"), "dyn_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if evaluate_model and model.num_classes != n_classes:
-        info["evaluation"] = (f"skipped: the model has {model.num_classes} classes, the dataset's validation "
+    if evaluate_model and classes_of(model) != n_classes:
+        info["evaluation"] = (f"skipped: the model has {classes_of(model)} classes, the dataset's validation "
                               f"split {n_classes}")
         log.info("%s: validation accuracy %s", name, info["evaluation"])
     elif evaluate_model:

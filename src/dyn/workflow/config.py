@@ -33,8 +33,9 @@ def _one_line(error) -> str:
         return f"config error at {where}: unknown key(s) {', '.join(map(repr, extra))}; valid keys are {', '.join(allowed)}"
     if error.validator == "enum":
         return f"config error at {where}: {error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
-    if error.validator == "oneOf" and error.context:
-        return f"config error at {where}: {error.instance!r} is not valid ({error.context[0].message})"
+    if error.validator == "oneOf" and error.context:  # every alternative: a name, or a prefixed one
+        reasons = "; nor ".join(dict.fromkeys(context.message for context in error.context))
+        return f"config error at {where}: {error.instance!r} is not valid ({reasons})"
     if error.validator == "propertyNames":
         return f"config error at {where}: bad model key {error.instance!r}: use letters, digits, '_', '.', '-'"
     return f"config error at {where}: {error.message}"
@@ -61,7 +62,7 @@ def validate(config: dict, schema_path: str | Path) -> dict:
 def _check_references(config: dict) -> None:
     models = config["models"]
     keys = ", ".join(sorted(models))
-    for role in ("teacher", "student"):
+    for role in ("teacher", "student") if "distill" in config else ():
         key = config["distill"][role]
         if key not in models:
             raise UserError(f"config error at distill.{role}: unknown model key '{key}'; defined models are {keys}")
@@ -74,13 +75,39 @@ def _check_references(config: dict) -> None:
         if weights_kind(model["weights"]) == "path" and not Path(model["weights"]).is_file():
             raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
                             "(valid: train, hub, an existing file, or an http(s) URL)")
-    for i, row in enumerate(config["distill"]["runs"]):
+    for i, row in enumerate(config.get("distill", {}).get("runs", [])):
         for spec in _as_list(row.get("layers", "none")):
             try:
                 layers.check_syntax(spec)
             except UserError as error:
                 raise UserError(f"config error at distill.runs[{i}].layers: {error}") from None
     run_specs(config)
+
+
+# What each goal needs besides dataset, models and analysis (config/README.md says the same).
+NEEDS_DISTILL = ("results/table1", "results/runs/", "results/figures/evolution", "results/figures/curves")
+
+
+def check_targets(config: dict, targets) -> None:
+    """One line naming the first requested target that needs a section the config lacks."""
+    if "distill" in config:
+        return
+    for target in targets:
+        if str(target).startswith(NEEDS_DISTILL):
+            raise UserError(f"config error: {target} needs a distill section (teacher, student, runs), which this "
+                            "config has not; without one it builds the analysis only (metrics, phases, figures)")
+
+
+def use_python_path(config: dict) -> list[str]:
+    """Put the config's python_path folders first on sys.path (where `module:function` models are
+    imported from); returns them as absolute paths for the jobs' PYTHONPATH."""
+    import sys
+
+    folders = [str(Path(folder).resolve()) for folder in config.get("python_path", [])]
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    return folders
 
 
 def weights_kind(weights: str) -> str:
@@ -99,7 +126,7 @@ def _as_list(value) -> list:
 def run_specs(config: dict) -> list[RunSpec]:
     """Every point of the grid, in config order, without repeats."""
     specs: dict[str, RunSpec] = {}
-    for i, row in enumerate(config["distill"]["runs"]):
+    for i, row in enumerate(config.get("distill", {}).get("runs", [])):
         combos = itertools.product(_as_list(row.get("layers", "none")), _as_list(row.get("beta", 0.0)),
                                    _as_list(row["epochs"]), config["distill"].get("seeds", [0]))
         for spec_layers, beta, epochs, seed in combos:
@@ -112,29 +139,42 @@ def run_specs(config: dict) -> list[RunSpec]:
 
 
 def check_models(config: dict, cache: str | Path | None = None) -> None:
-    """Known timm names for every model, and every run's layer spec fits teacher and student depths.
+    """Every model can be made (a timm name, an hf-hub id, a user's function; its layer globs match), and
+    every run's layer spec fits teacher and student depths.
 
     Depths are read from weightless copies built on the meta device. Importing timm (and torch)
-    for that costs seconds, so results are kept in `cache` (a JSON file, per timm version) and a
-    later start with the same architectures imports neither.
+    for that costs seconds, so timm models' depths are kept in `cache` (a JSON file, per timm
+    version) and a later start with the same architectures imports neither. A user's function is
+    imported each time: its code may have changed.
     """
-    depths = _model_depths([m["arch"] for m in config["models"].values()], cache)
-    for key, model in config["models"].items():
-        if depths[model["arch"]] is None:
-            from ..models import check_model_name
-
-            try:
-                check_model_name(model["arch"])
-            except UserError as error:
-                raise UserError(f"config error at models.{key}.arch: {error}") from None
-    teacher, student = (config["models"][config["distill"][role]]["arch"] for role in ("teacher", "student"))
+    depths = {key: _depth(key, model, cache) for key, model in config["models"].items()}
+    if "distill" not in config:
+        return
+    teacher, student = (depths[config["distill"][role]] for role in ("teacher", "student"))
     for spec in run_specs(config):
         if spec.method != "softkd" and not layers.is_auto(spec.layers):  # auto: checked once the phases exist
-            layers.parse(spec.layers, depths[student], depths[teacher])
+            layers.parse(spec.layers, student, teacher)
+
+
+def _depth(key: str, model: dict, cache: str | Path | None) -> int:
+    """A model's number of feature layers, or one line naming models.<key>.arch or .layers."""
+    arch, globs = model["arch"], model.get("layers")
+    if not globs and ":" not in arch:  # a timm name (not hf-hub:, not module:function): cached
+        depth = _model_depths([arch], cache)[arch]
+        if depth is not None:
+            return depth
+    from .. import models
+
+    try:
+        models.check_model_name(arch)
+        return models.depth_of(arch, globs)
+    except UserError as error:
+        field = "layers" if globs and "matches no module" in str(error) else "arch"
+        raise UserError(f"config error at models.{key}.{field}: {error}") from None
 
 
 def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int | None]:
-    """{arch: number of feature layers, or None for a name timm does not know}."""
+    """{arch: number of feature layers, or None for a name timm does not know} of timm models."""
     from importlib.metadata import version
 
     from .. import __version__
@@ -177,9 +217,12 @@ def load(path: str | Path, schema_path: str | Path) -> dict:
     return validate(config, schema_path)
 
 
-def check_file(path: str | Path, schema_path: str | Path, models: bool = True) -> list[RunSpec]:
-    """`dyn check-config`: load and check a config file; returns the runs its grid expands to."""
+def check_file(path: str | Path, schema_path: str | Path, models: bool = True, targets=()) -> list[RunSpec]:
+    """`dyn check-config`: load and check a config file (and that it has what `targets` need); returns
+    the runs its grid expands to."""
     config = load(path, schema_path)
+    check_targets(config, targets)
+    use_python_path(config)
     if models:
         check_models(config)
     return run_specs(config)
