@@ -4,6 +4,7 @@ mistakes; and loader workers kept between epochs that give the batches new worke
 import io
 import json
 import random
+import re
 import tarfile
 from pathlib import Path
 
@@ -266,3 +267,20 @@ def test_workers_kept_between_epochs_give_the_batches_of_new_ones():
     assert torch.equal(epochs[2], torch.cat([b[0] for b in resumed.epoch(2)]))
     assert not torch.equal(epochs[0][:, 1:], epochs[1][:, 1:])
     assert kept._loader.persistent_workers and kept._loader._iterator is not None
+
+
+@pytest.mark.parametrize("change, where", [
+    ({}, "analysis.sample"),
+    ({"analysis": {"models": ["m"], "sample": "first"}}, "models.m.weights"),
+    ({"analysis": {"models": ["m"], "sample": "first"},
+      "models": {"m": {"arch": "cait_digits", "weights": "w.safetensors", "evaluate": True}}}, "models.m.evaluate"),
+])
+def test_a_stream_asked_for_more_than_the_analysis_of_given_weights_is_one_line_before_any_job(change, where):
+    from dyn.workflow.config import _check_stream
+
+    config = {"dataset": {"name": "wds/digits"}, "models": {"m": {"arch": "cait_digits", "weights": "train"}},
+              "analysis": {"models": ["m"], "sample": "stratified"}, **change}
+    with pytest.raises(UserError, match=rf"^config error at {re.escape(where)}: dataset.name 'wds/digits' is a stream"):
+        _check_stream(config)
+    config["dataset"]["name"] = "hfds/digits"  # indexable: everything
+    _check_stream(config)

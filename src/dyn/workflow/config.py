@@ -75,6 +75,7 @@ def _check_references(config: dict) -> None:
         if weights_kind(model["weights"]) == "path" and not Path(model["weights"]).is_file():
             raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
                             "(valid: train, hub, an existing file, or an http(s) URL)")
+    _check_stream(config)
     for i, row in enumerate(config.get("distill", {}).get("runs", [])):
         for spec in _as_list(row.get("layers", "none")):
             try:
@@ -82,6 +83,28 @@ def _check_references(config: dict) -> None:
             except UserError as error:
                 raise UserError(f"config error at distill.runs[{i}].layers: {error}") from None
     run_specs(config)
+
+
+def _check_stream(config: dict) -> None:
+    """A stream dataset (wds/, tfds/: read in order, no sample by index) serves the analysis of fetched
+    weights on its first images only: say so before any job starts, naming the key that asks for more."""
+    name = config.get("dataset", {}).get("name", "digits")
+    if "/" not in name:
+        return
+    from ..timm_datasets import is_stream  # imports torch: only for timm's prefixed names
+
+    if not is_stream(config["dataset"]):
+        return
+    what = f"dataset.name '{name}' is a stream (read in order, no sample by index), which serves only"
+    if config["analysis"].get("sample") != "first":
+        raise UserError(f"config error at analysis.sample: {what} sample: first (the first num_images images)")
+    for key, model in config["models"].items():
+        if model["weights"] == "train" or model.get("evaluate", True):
+            field = "weights" if model["weights"] == "train" else "evaluate"
+            raise UserError(f"config error at models.{key}.{field}: {what} the analysis of given weights: no "
+                            "training or evaluation on it (weights: a file, URL or hub; evaluate: false)")
+    if "distill" in config:
+        raise UserError(f"config error at distill: {what} the analysis; distillation needs folder or hfds/")
 
 
 # What each goal needs besides dataset, models and analysis (config/README.md says the same).
