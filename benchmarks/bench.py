@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     for r in calibration:
         print(f"U test: {r['u_rate']:6.1%} U on {r['runs']} draws of {r['what']} (min_rise {r['min_rise']:g})")
-    from dyn.workflow.atomic import write_json
+    from dyn.atomic import write_json
 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     from bench import reference_step_fn
-    from dyn.workflow.atomic import write_json
+    from dyn.atomic import write_json
 
     device = torch.device(args.device)
     pairs = [(0, 0), (11, 23)]  # First1+Last1 of a 12-block student and a 24-block teacher
@@ -144,7 +144,7 @@ def bench_cohort(teacher, x, y, n: int, warmup: int, steps: int) -> dict:
     from dyn.training.recipe import Recipe, make_optimizer
     from dyn.training.rng import RngStream
     from dyn.training.task import LayerDistillationTask, SharedTeacher
-    from dyn.workflow import layers
+    from dyn.grid import layers
 
     device, grid = x.device, [GRID[i % len(GRID)] for i in range(n)]
     shared_teacher = DistillationTeacher(teacher, device=device)

@@ -96,7 +96,7 @@ def test_fetch_from_local_file(env, tmp_path):
 
 
 def test_weights_kinds():
-    from dyn.workflow.config import weights_kind
+    from dyn.files import weights_kind
 
     assert [weights_kind(w) for w in ("train", "hub", "https://x/y.pth", "ckpt/a.safetensors")] == [
         "train", "hub", "url", "path"]

@@ -2,7 +2,7 @@
 import pytest
 
 from dyn.errors import UserError
-from dyn.workflow.runs import RunSpec, cohorts, rule_name
+from dyn.grid.runs import RunSpec, cohorts, rule_name
 
 
 def _grid():

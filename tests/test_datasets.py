@@ -195,7 +195,7 @@ def test_capture_of_shards_and_of_a_folder_is_the_same(teacher, data, wds, tmp_p
 def test_a_folder_trains_a_student_with_snapshots_and_two_workers(teacher, data, tmp_path):
     from dyn.training.distill import distill
     from dyn.training.evolution import Snapshots
-    from dyn.workflow.runs import RunSpec
+    from dyn.grid.runs import RunSpec
 
     root, _ = data
     recipe = Recipe(global_batch=10, lr_base=2e-3, lr_base_size=64, warmup_epochs=0, augment=False, num_workers=2,

@@ -1,6 +1,6 @@
 import pytest
 
-from dyn.workflow import layers
+from dyn.grid import layers
 from dyn.errors import UserError
 
 

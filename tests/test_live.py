@@ -15,7 +15,7 @@ from dyn.training import loop, watch
 from dyn.training.distill import distill
 from dyn.training.evolution import Snapshots
 from dyn.training.recipe import Recipe
-from dyn.workflow.runs import RunSpec
+from dyn.grid.runs import RunSpec
 
 DIGITS = {"name": "digits", "val_fraction": 0.7}  # 539 training images: 5 steps of 128
 RECIPE = dict(global_batch=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, augment=False, num_workers=0,

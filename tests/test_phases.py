@@ -7,7 +7,7 @@ import xarray as xr
 
 from dyn.analysis import metrics, nulls, phases
 from dyn.errors import UserError
-from dyn.workflow import layers
+from dyn.grid import layers
 
 
 simulate, u_rate = nulls.simulate, nulls.u_rate

@@ -11,7 +11,7 @@ from dyn.errors import NonFiniteLoss
 from dyn.training.distill import distill
 from dyn.training.evolution import Snapshots
 from dyn.training.recipe import Recipe
-from dyn.workflow.runs import RunSpec
+from dyn.grid.runs import RunSpec
 
 # A smaller training split (539 images) than the default's 1,437: the same code paths in fewer steps.
 DIGITS = {"name": "digits", "val_fraction": 0.7}

@@ -10,7 +10,7 @@ import click
 
 from .analysis.metrics import METRICS
 from .errors import NonFiniteLoss, UserError
-from .workflow.runs import METHODS
+from .grid.runs import METHODS
 
 log = logging.getLogger("dyn")
 
@@ -232,7 +232,7 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, p
     _setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
-    from .workflow.runs import RunSpec, cohort_from_json
+    from .grid.runs import RunSpec, cohort_from_json
 
     if (runs_json is None) == (method is None):
         raise UserError("give the students either as --runs (a JSON list) or one by --method, not both or neither")

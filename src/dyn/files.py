@@ -62,3 +62,12 @@ def read_json(path: str | os.PathLike, what: str, keys: Sequence[str] = ()) -> d
         raise UserError(f"{what} {path} lacks {', '.join(missing)}: not a {what} ({WRITERS.get(what, 'dyn')} "
                         "writes them)")
     return data
+
+
+def weights_kind(weights: str) -> str:
+    """What a `weights` value names: 'train', 'hub', 'url' or 'path'."""
+    if weights in ("train", "hub"):
+        return weights
+    if weights.startswith(("http://", "https://")):
+        return "url"
+    return "path"

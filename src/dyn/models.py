@@ -234,7 +234,7 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path, d
     allows; returns its sha256 (None without `digest`)."""
     from safetensors.torch import save_file
 
-    from .workflow.atomic import atomic_path
+    from .atomic import atomic_path
 
     weights = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}

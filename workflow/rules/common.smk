@@ -11,8 +11,8 @@ from dyn.errors import UserError
 from dyn.workflow import config as dyn_config
 from dyn.workflow import failures as dyn_failures
 from dyn.workflow import launch as dyn_launch
-from dyn.workflow import layers as dyn_layers
-from dyn.workflow import runs as dyn_runs
+from dyn.grid import layers as dyn_layers
+from dyn.grid import runs as dyn_runs
 
 try:
     # snakemake.utils.validate against the schema (its defaults filled in), then the cross-key checks.

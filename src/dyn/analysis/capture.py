@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import UserError
 from ..files import first_line
-from ..workflow.atomic import atomic_path
+from ..atomic import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -138,7 +138,7 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
     module-name globs (forward hooks; attr `layer_modules`), or timm's forward_intermediates."""
     from ..data import analysis_images, analysis_transform, build_dataset, describe_sample
     from ..models import load_checkpoint, sha256_of
-    from ..training.distributed import resolve_device
+    from ..devices import resolve_device
 
     from ..hooks import layer_names
 

@@ -341,7 +341,7 @@ def write_metric(capture_path: str | Path, name: str, out: str | Path, bins: int
                  permutation_seed: int = 0) -> Path:
     """`dyn metrics NAME`: `out` (.nc) and a long-form .csv beside it, both written atomically."""
     from ..errors import UserError
-    from ..workflow.atomic import atomic_path, write_text
+    from ..atomic import atomic_path, write_text
 
     if not Path(capture_path).is_file():
         raise UserError(f"capture file not found: {capture_path}")

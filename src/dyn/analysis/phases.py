@@ -193,7 +193,7 @@ def write_phases(entropy_path: str | Path, magnitude_path: str | Path, spectrum_
                  out: str | Path, min_rise: float = MIN_RISE, alpha: float = ALPHA, seed: int = 0) -> Path:
     """`dyn metrics phases`: `out` (phases.csv, one row per layer) and phases.nc beside it with the same
     table and the verdict (the U test's bottleneck, rises, intervals and p-values) as attributes."""
-    from ..workflow.atomic import atomic_path, write_text
+    from ..atomic import atomic_path, write_text
 
     out = Path(out)
     ds = phases_dataset(entropy_path, magnitude_path, spectrum_path, min_rise, alpha, seed)

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import UserError
-from ..workflow import layers as layer_specs
+from ..grid import layers as layer_specs
 
 TEACHER = "cait_s24_224"
 STUDENT = "deit_tiny_patch16_224"

@@ -19,8 +19,8 @@ import xarray as xr  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from ..files import load_netcdf, read_json, unreadable  # noqa: E402
 from ..paper import paper_curve, paper_entropy, setup_of  # noqa: E402
-from ..workflow.atomic import atomic_path  # noqa: E402
-from ..workflow.runs import METHODS  # noqa: E402
+from ..atomic import atomic_path  # noqa: E402
+from ..grid.runs import METHODS  # noqa: E402
 
 PAPER_GID = "paper"  # the gid of every line drawn from the authors' numbers (tests look for it)
 BAND_GID = "bootstrap"  # the profiles figure's per-model 95% bootstrap bands over the images

@@ -82,7 +82,7 @@ def phases_summary(phases_files: Sequence[str | Path]) -> str:
 
 def write_phases_summary(phases_files: Sequence[str | Path], out: str | Path) -> Path:
     """`dyn report phases-summary`: `out` (Markdown), written atomically."""
-    from ..workflow.atomic import write_text
+    from ..atomic import write_text
 
     text = phases_summary(phases_files)
     out = Path(out)

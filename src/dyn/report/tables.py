@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..files import read_json
 from ..paper import paper_curve, setup_of
-from ..workflow.atomic import write_text
-from ..workflow.runs import METHODS
+from ..atomic import write_text
+from ..grid.runs import METHODS
 
 COLUMNS = ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5", "best_top1", "delta_top1",
            "best_delta_top1", "paper_top1_at_epoch")

@@ -29,9 +29,9 @@ from .. import __version__
 from ..data import build_dataset, num_classes
 from ..errors import UserError
 from ..models import classes_of, create_model, depth_of, existing_checkpoint, load_checkpoint, save_weights, sha256_of
-from ..workflow import layers
-from ..workflow.atomic import write_json
-from ..workflow.runs import RunSpec
+from ..grid import layers
+from ..atomic import write_json
+from ..grid.runs import RunSpec
 from . import distributed, finished, translators
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution

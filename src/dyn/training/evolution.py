@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..analysis import metrics
 from ..data import analysis_images, analysis_transform, build_dataset, describe_sample, stack
 from ..models import features
-from ..workflow.atomic import atomic_path
+from ..atomic import atomic_path
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from .. import __version__
 from ..data import build_dataset, num_classes
 from ..errors import UserError
 from ..models import classes_of, create_model, save_weights
-from ..workflow.atomic import write_json
-from ..workflow.config import weights_kind
+from ..atomic import write_json
+from ..files import weights_kind
 from .batches import split_batches
 from .distributed import World, init
 from .loop import Loop, Member, Precision, evaluate, fit, raise_if_stopped

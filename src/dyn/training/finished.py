@@ -29,7 +29,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from ..workflow.atomic import atomic_path, write_text
+from ..atomic import atomic_path, write_text
 
 log = logging.getLogger("dyn")
 KEY_FILE = "key"
@@ -59,8 +59,8 @@ TRAINING_CODE = {
     "hooks.py": "layers picked by module name: which modules, their outputs as maps",
     "data.py": "datasets, splits, transforms, the snapshot images",
     "timm_datasets.py": "timm's datasets by name (folder, hfds/, wds/, tfds/): splits, labels, class maps",
-    "workflow/layers.py": "layer specs -> aligned block pairs",
-    "workflow/runs.py": "run specs and the methods a task knows",
+    "grid/layers.py": "layer specs -> aligned block pairs",
+    "grid/runs.py": "run specs and the methods a task knows",
     "analysis/metrics.py": "the snapshots' entropy and magnitude",
     "analysis/controls.py": "imported by metrics (channel-order controls)",
 }
@@ -69,7 +69,9 @@ NOT_TRAINING_CODE = {
     "__init__.py": "the version string, recorded in summary.json",
     "errors.py": "error types",
     "files.py": "error messages of unreadable files",
-    "workflow/atomic.py": "how files are written, not what",
+    "atomic.py": "how files are written, not what",
+    "devices.py": "which device: the key has the device type of its own",
+    "grid/__init__.py": "the grid package's docstring",
     "training/finished.py": "this key",
     "training/watch.py": "what a running job shows: progress lines, progress.json, live run files, TensorBoard",
     "analysis/phases.py": "reads an `auto` spec's bottleneck: the pairs it gives are in the fingerprint",

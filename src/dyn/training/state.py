@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..files import first_line
-from ..workflow.atomic import atomic_path
+from ..atomic import atomic_path
 
 log = logging.getLogger("dyn")
 PROGRESS_FILE = "progress.json"  # the running job's progress beside its state (`dyn status` reads it)

@@ -16,7 +16,7 @@ from timm.task import DistillationTeacher, LogitDistillationTask
 
 from . import losses
 from ..models import features
-from ..workflow.runs import METHODS
+from ..grid.runs import METHODS
 
 
 class AlignedStudent(nn.Module):

@@ -64,7 +64,7 @@ def write_pca(path: Path, task: LayerDistillationTask) -> None:
     share of the layer's channel variance they hold)."""
     from safetensors.torch import save_file
 
-    from ..workflow.atomic import atomic_path
+    from ..atomic import atomic_path
 
     tensors = {}
     for layer, pca in task.translators.items():

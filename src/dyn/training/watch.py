@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..models import save_weights
-from ..workflow.atomic import write_text
+from ..atomic import write_text
 from .evolution import write_evolution
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Progress:
                  epoch + 1, self.last, step, self.steps, f"{speed:,.0f}", _clock(eta_epoch), _clock(eta_job),
                  training, noun)
         if self.path is not None:
-            from ..workflow.atomic import write_json
+            from ..atomic import write_json
 
             write_json(self.path, {
                 "cohort": self.name, "host": platform.node(), "pid": os.getpid(),

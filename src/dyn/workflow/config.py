@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..files import first_line
-from . import layers
-from .runs import RunSpec
+from ..files import first_line, weights_kind
+from ..grid import layers
+from ..grid.runs import RunSpec
 
 
 def _where(error) -> str:
@@ -133,15 +133,6 @@ def use_python_path(config: dict) -> list[str]:
     return folders
 
 
-def weights_kind(weights: str) -> str:
-    """'train', 'hub', 'url' or 'path'."""
-    if weights in ("train", "hub"):
-        return weights
-    if weights.startswith(("http://", "https://")):
-        return "url"
-    return "path"
-
-
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -217,7 +208,7 @@ def _model_depths(archs: list[str], cache: str | Path | None) -> dict[str, int |
         for arch in missing:
             known[arch] = models.depth_of(arch) if models.is_known(arch) else None
         if cache is not None:
-            from .atomic import write_text
+            from ..atomic import write_text
 
             try:
                 write_text(cache, json.dumps({key: known}, indent=1, sort_keys=True))
