@@ -105,3 +105,19 @@ def test_the_config_names_the_key_of_a_model_that_cannot_be_made(example_on_path
     config["models"]["mine"] = {"arch": "tinynet:teacher", "weights": "train", "layers": ["blocks.*"]}
     check_models(config)  # analysis alone: no distill section
     assert sys.modules["tinynet"].__file__.startswith(str(EXAMPLE))
+
+
+def test_projectorkd_between_models_whose_layers_are_picked_by_name(example_on_path):
+    from dyn.models import layer_channels
+    from dyn.training.task import LayerDistillationTask
+
+    teacher = create_model("tinynet:teacher", num_classes=10, layers=["blocks.*"]).eval()
+    student = create_model("tinynet:student", num_classes=10, layers=["blocks.*"])
+    assert layer_channels(teacher, [0, 5]) == [32, 32] and layer_channels(student, [3]) == [16]
+    assert student.training  # its mode is kept
+    task = LayerDistillationTask(student, teacher, [(3, 5)], "projector", beta=0.2)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        logits, maps = features(teacher, x, [5], with_logits=True)
+    out = task(x, torch.arange(4), type("TeacherOutputs", (), {"logits": logits, "maps": {5: maps[0]}})())
+    assert torch.isfinite(out["loss"]) and out["feat_loss"] > 0

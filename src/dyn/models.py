@@ -193,6 +193,27 @@ def depth_of(arch: str, layers: Sequence[str] | None = None) -> int:
         return num_layers(create_model(arch, layers=layers))
 
 
+def layer_channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
+    """The channel count of each of `layers`: timm's feature_info, or for layers picked by name the maps
+    of one blank image of the model's input size (timm's data config), in eval mode without gradients
+    (no batch-norm statistic moves, no random draw)."""
+    from .hooks import layer_names
+
+    if layer_names(model) is None:
+        return [int(model.feature_info[i]["num_chs"]) for i in layers]
+    from timm.data import resolve_data_config
+
+    size = resolve_data_config(model=model)["input_size"]
+    device = next(model.parameters()).device
+    training = model.training
+    try:
+        with torch.no_grad():
+            maps = features(model.eval(), torch.zeros(1, *size, device=device), layers)
+    finally:
+        model.train(training)
+    return [int(m.shape[1]) for m in maps]
+
+
 def layer_kind(model: nn.Module) -> str:
     """'block' for transformer blocks, 'stage' for CNN stages, 'module' for layers picked by name."""
     from .hooks import layer_names

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.task import DistillationTeacher, LogitDistillationTask
 
 from . import losses
-from ..models import features
+from ..models import features, layer_channels
 from ..grid.runs import METHODS
 
 
@@ -42,10 +42,6 @@ class AlignedStudent(nn.Module):
 
 
 PROJECTOR_METHODS = ("projector", "projector_trained")
-
-
-def _channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
-    return [int(model.feature_info[i]["num_chs"]) for i in layers]
 
 
 class LayerDistillationTask(LogitDistillationTask):
@@ -81,8 +77,8 @@ class LayerDistillationTask(LogitDistillationTask):
         student_layers = [s for s, _ in self.pairs]
         projector = None
         if method in PROJECTOR_METHODS:  # drawn from the caller's random stream, after the student
-            projector = losses.ChannelProjector(_channels(student, student_layers),
-                                                _channels(teacher.model, self.teacher_layers),
+            projector = losses.ChannelProjector(layer_channels(student, student_layers),
+                                                layer_channels(teacher.model, self.teacher_layers),
                                                 trainable=method == "projector_trained").to(self.device)
         self.trainable_module = AlignedStudent(student, student_layers, projector)
 
