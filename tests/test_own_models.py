@@ -121,3 +121,18 @@ def test_projectorkd_between_models_whose_layers_are_picked_by_name(example_on_p
         logits, maps = features(teacher, x, [5], with_logits=True)
     out = task(x, torch.arange(4), type("TeacherOutputs", (), {"logits": logits, "maps": {5: maps[0]}})())
     assert torch.isfinite(out["loss"]) and out["feat_loss"] > 0
+
+
+def test_a_plain_model_without_a_data_config_gets_timms_defaults(tmp_path, monkeypatch):
+    from dyn.training.task import LayerDistillationTask
+
+    (tmp_path / "plainnet.py").write_text(
+        "from torch import nn\n\n"
+        "def make(num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(8, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    teacher, student = (create_model("plainnet:make", num_classes=3, layers=["[01]"]) for _ in range(2))
+    assert teacher.pretrained_cfg["input_size"] == (3, 224, 224) and teacher.pretrained_cfg["mean"][0] == 0.485
+    task = LayerDistillationTask(student, teacher, [(1, 1)], "projector_trained", beta=0.2)  # timm's teacher wrapper
+    assert task.trainable_module.projector is not None

@@ -42,6 +42,12 @@ def build_factory(arch: str, pretrained: bool, num_classes: int | None) -> nn.Mo
         raise UserError(f"model '{arch}' failed to build: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+    if not isinstance(getattr(model, "pretrained_cfg", None), dict):
+        # timm's transforms and its DistillationTeacher read it: timm's defaults (224 px, ImageNet's mean
+        # and std) where the model does not say its own input size and normalisation
+        from timm.data import resolve_data_config
+
+        model.pretrained_cfg = resolve_data_config(model=model)
     return model
 
 
