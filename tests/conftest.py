@@ -18,6 +18,16 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "benchmarks"))  # `import bench`: the benchmark scripts are not in the package
 
 
+# The longest files first (Slurm's mostly waits on the scheduler): `make test` gives each file to one
+# xdist worker in collection order, and a long file started last would be the whole suite's tail.
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_walkthrough.py", "test_parallel.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))  # stable: each file keeps its own order
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tests share two cores with each other's subprocesses; one torch thread keeps timings stable.

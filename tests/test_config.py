@@ -141,3 +141,17 @@ def test_recipe_defaults_are_stated_once_the_schema_holds_the_same(schema):
     fields = {f.name: f.default for f in dataclasses.fields(Recipe)}
     assert set(properties) == set(fields)
     assert {name: spec.get("default") for name, spec in properties.items()} == fields
+
+
+def test_a_config_without_distill_is_the_analysis_alone_and_a_target_that_needs_it_is_one_line(repo, capsys):
+    from dyn.cli import main
+
+    config = repo / "examples" / "own_model" / "analyse.yaml"
+    assert configuration.check_file(config, repo / "workflow" / "schemas" / "config.schema.yaml", models=False) == []
+    with pytest.raises(SystemExit) as ended:
+        main(["check-config", str(config), "--schema", str(repo / "workflow" / "schemas" / "config.schema.yaml"),
+              "--no-models", "--target", "results/table1.csv"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "dyn: error: config error: results/table1.csv needs a distill section (teacher, student, runs), which this "
+        "config has not; without one it builds the analysis only (metrics, phases, figures)")

@@ -10,6 +10,7 @@ import xarray as xr
 from conftest import tool
 
 
+
 def _walkthrough(readme: str) -> str:
     section = readme.split("## Your own model", 1)[1]
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
@@ -29,7 +30,7 @@ def test_the_readme_walkthrough_runs_as_it_stands(repo, env, tmp_path):
         assert capture.attrs["layer_kind"] == "module" and capture.attrs["layer_globs"] == "blocks.*"
         assert capture.attrs["layer_modules"] == ", ".join(f"blocks.{i}" for i in range(6))
         # 16 patch tokens of width 32 without a grid: (C, N, 1)
-        assert dict(capture["activation"].sizes) == {"layer": 6, "sample": 32, "channel": 32, "y": 16, "x": 1}
+        assert dict(capture["activation"].sizes) == {"layer": 6, "sample": 16, "channel": 32, "y": 16, "x": 1}
     phases = list(csv.DictReader((results / "metrics" / "tiny" / "phases.csv").open()))
     assert len(phases) == 6
     for name in ("profiles", "phases", "spectrum_tiny", "evolution", "curves"):
@@ -40,7 +41,7 @@ def test_the_readme_walkthrough_runs_as_it_stands(repo, env, tmp_path):
     assert summary["student"] == "tinynet:student" and summary["pairs"] == [[3, 5]]
     assert not (tmp_path / "mine" / "resources" / "checkpoints" / "small.safetensors").exists()
 
-    # the analysis config asked for Table 1: one line naming the target and the section it needs, exit 2
+    # the analysis config asked for Table 1: its job says, in one line, the target and the section it needs
     asked = subprocess.run([tool("snakemake"), "results/table1.csv", "--cores", "1", "--directory", "other",
                             "--configfile", "examples/own_model/analyse.yaml"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
