@@ -144,6 +144,8 @@ def test_recipe_defaults_are_stated_once_the_schema_holds_the_same(schema):
 
 
 def test_a_config_without_distill_is_the_analysis_alone_and_a_target_that_needs_it_is_one_line(repo, capsys):
+    # what the Table 1, run and training-figure rules run instead of their command without a distill section
+    # (common.smk's needs_distill); the job's line then ends Snakemake, as test_workflow's job mistake shows
     from dyn.cli import main
 
     config = repo / "examples" / "own_model" / "analyse.yaml"
