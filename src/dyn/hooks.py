@@ -81,14 +81,13 @@ def as_map(output, model: nn.Module) -> torch.Tensor:
 def hooked_features(model: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list]:
     """(the model's output, the (B, C, H, W) maps of its hooked layers `indices`) from one forward pass."""
     names = layer_names(model)
-    modules = dict(model.named_modules())
     outputs: dict[int, torch.Tensor] = {}
     handles = []
     try:
         for index in indices:
             def keep(_module, _inputs, output, index=index):
                 outputs[index] = as_map(output, model)
-            handles.append(modules[names[index]].register_forward_hook(keep))
+            handles.append(model.get_submodule(names[index]).register_forward_hook(keep))
         logits = model(x)
     finally:
         for handle in handles:

@@ -22,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError
 from .factories import build_factory, factory_from_checkpoint, is_factory
+from .hooks import attach, hooked_features, layer_names
 from .files import first_line
 
 # Pixel statistics of scikit-learn's digits scaled to [0, 1] (mean 4.88/16, std 6.02/16).
@@ -143,8 +144,6 @@ def create_model(arch: str, num_classes: int | None = None, in_chans: int | None
     else:
         model = _timm_from_checkpoint(arch, existing_checkpoint(checkpoint), num_classes, kwargs)
     if layers:
-        from .hooks import attach
-
         attach(model, layers)
     return model
 
@@ -176,8 +175,6 @@ def classes_of(model: nn.Module) -> int | None:
 def num_layers(model: nn.Module) -> int:
     """How many feature layers `features` can return: the hooked modules, or timm's blocks for ViTs,
     stem + stages for CNNs."""
-    from .hooks import layer_names
-
     names = layer_names(model)
     if names is not None:
         return len(names)
@@ -197,8 +194,6 @@ def layer_channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
     """The channel count of each of `layers`: timm's feature_info, or for layers picked by name the maps
     of one blank image of the model's input size (timm's data config), in eval mode without gradients
     (no batch-norm statistic moves, no random draw)."""
-    from .hooks import layer_names
-
     if layer_names(model) is None:
         return [int(model.feature_info[i]["num_chs"]) for i in layers]
     from timm.data import resolve_data_config
@@ -216,8 +211,6 @@ def layer_channels(model: nn.Module, layers: Sequence[int]) -> list[int]:
 
 def layer_kind(model: nn.Module) -> str:
     """'block' for transformer blocks, 'stage' for CNN stages, 'module' for layers picked by name."""
-    from .hooks import layer_names
-
     if layer_names(model) is not None:
         return "module"
     return "block" if hasattr(model, "blocks") and "blocks." in model.feature_info[-1]["module"] else "stage"
@@ -229,8 +222,6 @@ def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = N
 
     With `with_logits`, returns (logits, maps) from one forward pass.
     """
-    from .hooks import hooked_features, layer_names
-
     indices = list(range(num_layers(model))) if layers is None else [int(i) for i in layers]
     if layer_names(model) is not None:
         logits, maps = hooked_features(model, x, indices)

@@ -161,7 +161,10 @@ def check_models(config: dict, cache: str | Path | None = None) -> None:
     version) and a later start with the same architectures imports neither. A user's function is
     imported each time: its code may have changed.
     """
-    depths = {key: _depth(key, model, cache) for key, model in config["models"].items()}
+    # timm names (not hf-hub:, not module:function) without layer globs: cached, read in one pass
+    plain = [m["arch"] for m in config["models"].values() if not m.get("layers") and ":" not in m["arch"]]
+    cached = _model_depths(plain, cache) if plain else {}
+    depths = {key: cached.get(model["arch"]) or _depth(key, model) for key, model in config["models"].items()}
     if "distill" not in config:
         return
     teacher, student = (depths[config["distill"][role]] for role in ("teacher", "student"))
@@ -170,15 +173,11 @@ def check_models(config: dict, cache: str | Path | None = None) -> None:
             layers.parse(spec.layers, student, teacher)
 
 
-def _depth(key: str, model: dict, cache: str | Path | None) -> int:
+def _depth(key: str, model: dict) -> int:
     """A model's number of feature layers, or one line naming models.<key>.arch or .layers."""
-    arch, globs = model["arch"], model.get("layers")
-    if not globs and ":" not in arch:  # a timm name (not hf-hub:, not module:function): cached
-        depth = _model_depths([arch], cache)[arch]
-        if depth is not None:
-            return depth
     from .. import models
 
+    arch, globs = model["arch"], model.get("layers")
     try:
         models.check_model_name(arch)
         return models.depth_of(arch, globs)
