@@ -1,7 +1,6 @@
 """The `dyn` command: one subcommand per workflow step. Parsing only; the work is in the library."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -9,68 +8,22 @@ from pathlib import Path
 import click
 
 from .analysis.metrics import METRICS
+from .cli_common import (dataset_option, device_option, entropy_range_option, progress, sample_options, setup,
+                         threads_option, train_option, with_options)
+from .cli_report import report
 from .errors import NonFiniteLoss, UserError
 from .grid.runs import METHODS
 
 log = logging.getLogger("dyn")
 
 
-def _json(ctx, param, value):
-    if value is None:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"not valid JSON ({error.msg})") from None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter("must be a JSON object")
-    return parsed
-
-
-def _setup(threads: int | None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _progress() -> bool:
-    return sys.stderr.isatty()
-
-
-dataset_option = click.option("--dataset", "dataset_cfg", callback=_json, default=None,
-                              help='Dataset config as JSON, e.g. \'{"name": "digits"}\'.')
-train_option = click.option("--train", "train_cfg", callback=_json, default=None,
-                            help="Training recipe as JSON (keys of the config's train section).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-sample_options = [
-    click.option("--sample", type=click.Choice(["stratified", "first"]), default="stratified", show_default=True,
-                 help="How the fixed validation images are chosen: round-robin over classes, or the first N."),
-    click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of the stratified choice."),
-    click.option("--transform", type=click.Choice(["model", "imagenet"]), default="model", show_default=True,
-                 help="The images' transform: each model's own timm evaluation transform, or the authors' "
-                      "(Resize 256 bilinear, CenterCrop 224, ImageNet mean and std)."),
-]
-entropy_range_option = click.option(
-    "--entropy-range", type=click.Choice(["global", "vector"]), default="global", show_default=True,
-    help="The entropy's 100 bins span the min..max of all layers and images (the authors' code) or each "
-         "channel vector's own.")
-
-
-def _with(options):
-    def decorate(function):
-        for option in reversed(options):
-            function = option(function)
-        return function
-    return decorate
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-
-
 @click.group()
 @click.version_option(package_name="dyn")
 def cli():
     """Distillation Dynamics: per-layer analysis and feature distillation of vision transformers."""
+
+
+cli.add_command(report)  # `dyn report ...` (cli_report.py)
 
 
 @cli.command()
@@ -88,7 +41,7 @@ def cli():
 @threads_option
 def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, train_cfg, device, threads):
     """Make resources/checkpoints/<model>.safetensors and its JSON (source, sha256, val accuracy)."""
-    _setup(threads)
+    setup(threads)
     from .training.fetch import fetch as run_fetch
     from .training.recipe import Recipe
 
@@ -110,18 +63,18 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
               help="The split the images come from: val (the analysis) or train (what `auto` layers are chosen on).")
 @click.option("--layers", "layer_globs", multiple=True, help="Module-name glob of the layers (repeatable, e.g. "
               "'blocks.*'): forward hooks on the modules it selects; none: timm's forward_intermediates.")
-@_with(sample_options)
+@with_options(sample_options)
 @dataset_option
 @device_option
 @threads_option
 def capture(name, arch, checkpoint, out, num_images, dtype, samples_per_chunk, compression_level, split, layer_globs,
             sample, sample_seed, transform, dataset_cfg, device, threads):
     """Write the per-layer activations of N fixed images (of the validation split by default) to NetCDF."""
-    _setup(threads)
+    setup(threads)
     from .analysis.capture import capture_checkpoint
 
     capture_checkpoint(name, arch, checkpoint, out, dataset_cfg, num_images, dtype, samples_per_chunk,
-                       compression_level, device, sample, sample_seed, progress=_progress(), transform=transform,
+                       compression_level, device, sample, sample_seed, progress=progress(), transform=transform,
                        split=split, layers=list(layer_globs) or None)
     log.info("wrote %s", out)
 
@@ -148,10 +101,10 @@ def _metric_command(name: str):
     @entropy_range_option
     @seed_option
     def command(capture_path, out, bins, threads, entropy_range, seed):
-        _setup(None)  # no torch here
+        setup(None)  # no torch here
         from .analysis.metrics import write_metric
 
-        write_metric(capture_path, name, out, bins=bins, progress=_progress(), workers=threads,
+        write_metric(capture_path, name, out, bins=bins, progress=progress(), workers=threads,
                      entropy_range=entropy_range, permutation_seed=seed)
         log.info("wrote %s", out)
 
@@ -175,7 +128,7 @@ for _name in METRICS:
 def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, alpha, seed):
     """Whether the entropy profile is a U (split-sample test), its bottleneck, each layer's phase and the
     channel-order control of its low-pass score."""
-    _setup(None)
+    setup(None)
     from .analysis.phases import write_phases
 
     write_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, alpha, seed)
@@ -219,17 +172,18 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, a
 @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--evolution-every", type=click.IntRange(min=0), default=30, show_default=True)
 @entropy_range_option
-@_with(sample_options)
+@with_options(sample_options)
 @dataset_option
 @train_option
 @device_option
 @threads_option
 def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, pca_keep, pca_images, epochs, seed,
             teacher_arch, teacher_checkpoint, student_arch, teacher_layers, student_layers, runs_dir, state,
-            finished_dir, num_images, bins, evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg, train_cfg, device, threads):
+            finished_dir, num_images, bins, evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg,
+            train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD, low-pass or PCA SpectralKD) on one data
     stream and one teacher forward, or one student, and write each run's directory."""
-    _setup(threads)
+    setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
     from .grid.runs import RunSpec, cohort_from_json
@@ -250,108 +204,6 @@ def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, p
                             pca_images=pca_images, teacher_layers=teacher_layers, student_layers=student_layers)
     for summary in summaries or []:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
-
-
-@cli.group()
-def report():
-    """Assemble Table 1 and the figures."""
-
-
-@report.command("table")
-@click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-def report_table(summaries, out):
-    """Table 1 (CSV) from run summary.json files."""
-    _setup(None)
-    from .report.tables import write_table1
-
-    rows = write_table1(summaries, out)
-    log.info("wrote %s (%d runs)", out, len(rows))
-
-
-formats_option = click.option("--formats", default="png,pdf", show_default=True,
-                              help="Comma-separated figure formats (png, pdf, svg).")
-
-
-def _formats(value: str) -> list[str]:
-    formats = [f.strip() for f in value.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
-    if bad or not formats:
-        raise UserError(f"bad figure format(s) {', '.join(bad) or '(none)'}: valid formats are png, pdf, svg")
-    return formats
-
-
-@report.command("profiles")
-@click.option("--entropy", "entropy_files", multiple=True, required=True, type=click.Path(exists=True))
-@click.option("--magnitude", "magnitude_files", multiple=True, required=True, type=click.Path(exists=True))
-@click.option("--spectrum", "spectrum_files", multiple=True, type=click.Path(exists=True),
-              help="Spectrum .nc files: adds a panel of each model's average frequency intensity.")
-@click.option("--out", required=True, help="Output path without extension.")
-@formats_option
-def report_profiles(entropy_files, magnitude_files, spectrum_files, out, formats):
-    """Per-layer entropy, magnitude (and frequency intensity) curves of several models."""
-    from .report.figures import profiles
-
-    profiles(entropy_files, magnitude_files, out, _formats(formats), spectrum_files=spectrum_files)
-
-
-@report.command("phases")
-@click.argument("phases_files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, help="Output path without extension.")
-@formats_option
-def report_phases(phases_files, out, formats):
-    """Low-pass score and entropy against relative depth of several models (their phases.nc)."""
-    from .report.figures import phases
-
-    phases(phases_files, out, _formats(formats))
-
-
-@report.command("phases-summary")
-@click.argument("phases_files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Markdown file to write.")
-def report_phases_summary(phases_files, out):
-    """Each model's phases in words (Markdown), read only from its phases.nc."""
-    _setup(None)
-    from .report.summary import write_phases_summary
-
-    write_phases_summary(phases_files, out)
-    log.info("wrote %s (%d models)", out, len(phases_files))
-
-
-@report.command("spectrum")
-@click.option("--spectrum", "spectrum_file", required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, help="Output path without extension.")
-@formats_option
-def report_spectrum(spectrum_file, out, formats):
-    """Layer x frequency heatmap of one model's channel spectrum."""
-    from .report.figures import spectrum_heatmap
-
-    spectrum_heatmap(spectrum_file, out, _formats(formats))
-
-
-@report.command("evolution")
-@click.argument("evolution_files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, help="Output path without extension.")
-@formats_option
-def report_evolution(evolution_files, out, formats):
-    """The student's entropy profile over training, one panel per run."""
-    from .report.figures import evolution
-
-    evolution(evolution_files, out, _formats(formats))
-
-
-@report.command("curves")
-@click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", required=True, help="Output path without extension.")
-@click.option("--metric", type=click.Choice(["top1", "loss"]), default="top1", show_default=True,
-              help="Validation top-1 or the training loss.")
-@formats_option
-def report_curves(summaries, out, metric, formats):
-    """Top-1 (or the training loss) against epoch of each grid point, from run summary.json files (and the
-    log.csv beside each), with the authors' curve where the setup is the paper's."""
-    from .report.figures import curves
-
-    curves(summaries, out, _formats(formats), metric)
 
 
 @cli.command("status")
@@ -378,7 +230,7 @@ def status_command(results_dir, watch, count):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def gpu_run(gpus, pool, command):
     """Run COMMAND on free GPUs of this machine: take slots, set CUDA_VISIBLE_DEVICES, hold them till it ends."""
-    _setup(None)
+    setup(None)
     from .workflow.gpu_slots import run_on_free_gpus
 
     sys.exit(run_on_free_gpus(gpus, command, Path(pool) if pool else None))
