@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from conftest import dyn_here
 from dyn.cli import cli
-from dyn.status import CLEAR, error_line, rerun_verdict, status, table
+from dyn.status import CLEAR, rerun_verdict, status, table
+from dyn.status_jobs import error_line
 from dyn.training import finished
 
 

@@ -11,7 +11,7 @@ Read from the files a run leaves (docs/reliability.md, "Watching a run"):
   training code and library versions to say whether a rerun would restore the run or train it again.
 
 A run is finished where its summary.json is; running where its job's progress.json has a live writer
-(its pid alive on this host, or written within `STALE_S` on another); failed where its job's log ends
+(its pid alive on this host, or written within `status_jobs.STALE_S` on another); failed where its job's log ends
 in an error (or its member stopped on a non-finite loss); stopped where a state or progress is left
 without a live writer; waiting where only its (empty) run directory is known.
 """
@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
-import os
-import platform
 import re
 import sys
 import time
@@ -29,19 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .status_jobs import RUN_ID, Job, job_of, jobs, read_json, timestamp
 from .training.finished import KEY_FILE, KEY_PARTS_FILE, LIBRARIES, library_versions, training_code_digest
 
-STALE_S = 600          # a progress.json from another host older than this has no live writer
-HEAD_BYTES = 256_000   # of a job's log: where its students are named
-TAIL_BYTES = 64_000    # of a job's log: where its error is
 STATES = ("finished", "running", "stopped", "failed", "waiting")
 CLEAR = "\033[H\033[2J"
-_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # a line of dyn's log (it starts with the time)
-_RUN_ID = re.compile(r"_e(\d+)_s(-?\d+)$")
-# The log lines that name a student (after the level name): `run <id>: <student> <- <teacher>`, `<id>: reused
-# from`, `resumed from`, `epoch e/E`, `stopped:` (not the job's `progress <job>: ...` lines).
-_MEMBER_LINE = re.compile(r"(?:INFO|WARNING|ERROR) (?:run )?([A-Za-z0-9_.+\-]+_e\d+_s-?\d+): "
-                          r"(?:\S+ <- |reused from |resumed from |epoch \d+/\d+|stopped: )")
 
 
 @dataclass
@@ -62,26 +51,6 @@ class RunStatus:
     note: str = ""                   # why; a failed job's error line; a stopped job's last sign of life
 
 
-@dataclass
-class _Cohort:
-    name: str
-    progress: dict | None = None
-    has_state: bool = False
-    members: tuple[str, ...] = ()
-    live: bool = False
-    error: str | None = None         # the log's error line
-    ended: str | None = None         # how the log ends otherwise (aborted)
-    changed: float = 0.0             # the latest change of its progress or log
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _read_rows(path: Path) -> list[dict]:
     """log.csv's rows, numbers as floats (empty: no rows)."""
     try:
@@ -99,116 +68,6 @@ def _number(value):
         return value
 
 
-def _timestamp(value) -> float | None:
-    """An ISO-8601 time (UTC where it names no zone) as seconds since the epoch."""
-    try:
-        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
-
-
-def _live(progress: dict, now: float) -> bool:
-    """Whether a progress.json has a writer: its pid alive on this host, or written within STALE_S elsewhere."""
-    pid = progress.get("pid")
-    if progress.get("host") == platform.node() and isinstance(pid, int):
-        return _pid_alive(pid)
-    updated = _timestamp(progress.get("updated"))
-    return updated is not None and now - updated < STALE_S
-
-
-def _read_ends(path: Path) -> tuple[str, str]:
-    """The first HEAD_BYTES and the last TAIL_BYTES of a log, as text."""
-    with open(path, "rb") as file:
-        head = file.read(HEAD_BYTES)
-        tail = head[-TAIL_BYTES:]
-        if file.seek(0, os.SEEK_END) > HEAD_BYTES:
-            file.seek(-TAIL_BYTES, os.SEEK_END)
-            tail = file.read()
-    return head.decode(errors="replace"), tail.decode(errors="replace")
-
-
-def error_line(lines: list[str]) -> str | None:
-    """Why a job failed, from its log's last lines: its last `dyn: error: ...` line (a mistake, a diverged
-    run), else the exception line of a Python traceback that ends the log (no log line after it); None
-    where neither is there."""
-    for line in reversed(lines):
-        if line.startswith("dyn: error:"):
-            return line.strip()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
-    if not starts or any(_LOG_LINE.match(line) for line in lines[starts[-1]:]):  # the job went on after it
-        return None
-    after = [line for line in lines[starts[-1] + 1:] if line.strip() and not line[:1].isspace()]
-    return after[0].strip() if after else lines[starts[-1]].strip()
-
-
-def _cohort(results: Path, name: str, now: float) -> _Cohort:
-    state, log = results / "state" / name, results / "logs" / "distill" / f"{name}.log"
-    cohort = _Cohort(name, progress=_read_json(state / "progress.json"), has_state=(state / "last.pt").is_file())
-    members: list[str] = []
-    if cohort.progress is not None:
-        members = list(cohort.progress.get("members") or {})
-        cohort.live = _live(cohort.progress, now)
-        cohort.changed = _timestamp(cohort.progress.get("updated")) or 0.0
-    if log.is_file():
-        head, tail = _read_ends(log)
-        members += [m for m in dict.fromkeys(_MEMBER_LINE.findall(head)) if m not in members]
-        lines = [line for line in tail.splitlines() if line.strip()]
-        if not cohort.live:
-            cohort.error = error_line(lines)
-            if cohort.error is None and lines and lines[-1].startswith("dyn: aborted"):
-                cohort.ended = "aborted (Ctrl-C)"
-            # No progress.json (a job of a dyn without it): a log written to lately is a live job's.
-            if cohort.progress is None and cohort.error is None and cohort.ended is None:
-                cohort.live = now - log.stat().st_mtime < STALE_S
-        cohort.changed = max(cohort.changed, log.stat().st_mtime)
-    cohort.members = tuple(members)
-    return cohort
-
-
-def _cohorts(results: Path, now: float) -> dict[str, _Cohort]:
-    names = set()
-    if (results / "state").is_dir():
-        # state/finished: the kept runs; state/fetch: the teachers' training (`dyn fetch`)
-        names |= {d.name for d in (results / "state").iterdir() if d.is_dir() and d.name not in ("finished", "fetch")}
-    if (results / "logs" / "distill").is_dir():
-        names |= {p.stem for p in (results / "logs" / "distill").glob("*.log")}
-    return {name: _cohort(results, name, now) for name in sorted(names)}
-
-
-def _cohort_of(run: str, cohorts: dict[str, _Cohort]) -> _Cohort | None:
-    """The job of `run`: one that names it (the live one, else the latest), else one named after it
-    (`distill.cohort`'s ids: the run's own, cohort_e<E>_s<S>, cohort_s<S>, each maybe split _KofN)."""
-    naming = [c for c in cohorts.values() if run in c.members]
-    if naming:
-        return max(naming, key=lambda c: (c.live, c.changed))
-    match = _RUN_ID.search(run)
-    if match is None:
-        return cohorts.get(run)
-    epochs, seed = match.groups()
-    for prefix in (run, f"cohort_e{epochs}_s{seed}", f"cohort_s{seed}"):
-        if prefix in cohorts:
-            return cohorts[prefix]
-        split = [c for name, c in cohorts.items() if re.fullmatch(re.escape(prefix) + r"_\d+of\d+", name)]
-        if len(split) == 1:
-            return split[0]
-    return None
-
-
 def rerun_verdict(kept: Path, code: str | None = None, versions: dict | None = None) -> tuple[str, str]:
     """Whether a finished run's job, run again, restores it from its kept copy `kept` or trains it, and why:
     its key.json against this install's training code and libraries. Its configuration cannot be known
@@ -217,7 +76,7 @@ def rerun_verdict(kept: Path, code: str | None = None, versions: dict | None = N
     versions = library_versions() if versions is None else versions
     if not (kept / KEY_FILE).is_file() or not (kept / "summary.json").is_file():
         return "trains", "no kept copy in state/finished/"
-    parts = _read_json(kept / KEY_PARTS_FILE)
+    parts = read_json(kept / KEY_PARTS_FILE)
     if parts is None:
         return "trains", "kept under an older key (no key.json)"
     if parts.get("key") != (kept / KEY_FILE).read_text().strip():
@@ -241,10 +100,10 @@ def _finished(row: RunStatus, summary: dict, kept: Path, code: str, versions: di
     row.rerun, row.note = rerun_verdict(kept, code, versions)
 
 
-def _unfinished(row: RunStatus, run_dir: Path, cohort: _Cohort | None, now: float) -> None:
+def _unfinished(row: RunStatus, run_dir: Path, cohort: Job | None, now: float) -> None:
     """A run without a summary: its epochs from its job's progress.json, else its live log.csv."""
     rows = _read_rows(run_dir / "log.csv")
-    match = _RUN_ID.search(row.run)
+    match = RUN_ID.search(row.run)
     row.epochs = int(match.group(1)) if match else None
     if rows:
         best = max(rows, key=lambda r: r.get("top1") if isinstance(r.get("top1"), float) else -1.0)
@@ -267,7 +126,7 @@ def _unfinished(row: RunStatus, run_dir: Path, cohort: _Cohort | None, now: floa
         if member and member.get("stopped"):
             row.state, row.note = "failed", f"stopped: {member['stopped']}"
         elif progress is not None and progress.get("eta_job_s") is not None:
-            age = max(0.0, now - (_timestamp(progress.get("updated")) or now))
+            age = max(0.0, now - (timestamp(progress.get("updated")) or now))
             row.eta_s = max(0.0, float(progress["eta_job_s"]) - age)
         elif rows and row.done is not None and row.epochs is not None:  # no progress.json: from the epochs' times
             row.eta_s = (row.epochs - row.done) * float(rows[-1].get("seconds") or 0.0)
@@ -282,7 +141,7 @@ def _unfinished(row: RunStatus, run_dir: Path, cohort: _Cohort | None, now: floa
         elif cohort.ended:
             row.note = cohort.ended
         elif progress is not None:
-            updated = _timestamp(progress.get("updated"))
+            updated = timestamp(progress.get("updated"))
             ago = f"{_duration(now - updated)} ago" if updated is not None else "at an unknown time"
             row.note = f"no live writer: last update {ago} on {progress.get('host', '?')}"
         else:
@@ -297,16 +156,16 @@ def status(results: str | Path = "results", now: float | None = None) -> list[Ru
         raise UserError(f"results directory '{results}' does not exist: give the folder the workflow writes "
                         f"(runs/, state/, logs/ in it)")
     now = time.time() if now is None else now
-    cohorts = _cohorts(results, now)
+    cohorts = jobs(results, now)
     runs_dir = results / "runs"
     runs = {d.name for d in runs_dir.iterdir() if d.is_dir()} if runs_dir.is_dir() else set()
     runs |= {m for c in cohorts.values() for m in c.members}
     code, versions = training_code_digest(), library_versions()
     rows = []
     for run in runs:
-        cohort = _cohort_of(run, cohorts)
+        cohort = job_of(run, cohorts)
         row = RunStatus(run, cohort.name if cohort is not None else "-")
-        summary = _read_json(runs_dir / run / "summary.json")
+        summary = read_json(runs_dir / run / "summary.json")
         if summary is not None:
             _finished(row, summary, results / "state" / "finished" / run, code, versions)
         else:
