@@ -5,7 +5,7 @@ import timm
 import torch
 
 import bench
-from dyn.analysis import metrics
+from dyn.analysis import metric_files, metrics
 from dyn.training.task import LayerDistillationTask, SharedTeacher
 
 
@@ -28,7 +28,7 @@ def test_reference_step_computes_the_same_loss_as_ours():
 
 def test_synthetic_capture_has_the_asked_shape(tmp_path):
     path = bench.synthetic_capture(tmp_path / "s.nc", layers=2, samples=5, channels=7, height=3, width=2)
-    values = metrics.stream_metrics(path, metrics.METRICS)
+    values = metric_files.stream_metrics(path, metrics.METRICS)
     assert len(values["spectrum"]) == 2 and values["spectrum"][0].shape == (7,)
     assert np.all(values["entropy"] > 0)
 

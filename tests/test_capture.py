@@ -8,7 +8,7 @@ import timm
 import torch
 import xarray as xr
 
-from dyn.analysis import metrics
+from dyn.analysis import metric_files, metrics
 from dyn.analysis.capture import capture, iter_layer_blocks
 from dyn.data import analysis_images, build_dataset, build_transform, labels_of, stack
 from dyn.data import DigitsDataset
@@ -94,8 +94,8 @@ def test_streaming_equals_in_memory(tmp_path, arch, chunk):
     model, x, path = _capture(tmp_path, arch)
     with torch.inference_mode():
         maps = features(model, x)
-    streamed = metrics.stream_metrics(path, metrics.METRICS, bins=100, samples_per_block=chunk)
-    vector = metrics.stream_metrics(path, ("entropy",), bins=100, samples_per_block=chunk, entropy_range="vector")
+    streamed = metric_files.stream_metrics(path, metrics.METRICS, bins=100, samples_per_block=chunk)
+    vector = metric_files.stream_metrics(path, ("entropy",), bins=100, samples_per_block=chunk, entropy_range="vector")
     bounds = metrics.global_range(maps)
     assert streamed["entropy_range"] == bounds and vector["entropy_range"] is None
     for layer, fmap in enumerate(maps):
@@ -119,7 +119,7 @@ def test_entropy_file_is_the_authors_entropy(tmp_path, arch):
     model, x, path = _capture(tmp_path, arch, n=3)
     with torch.inference_mode():
         maps = [m.numpy() for m in features(model, x)]
-    out = metrics.write_metric(path, "entropy", tmp_path / "entropy.nc")
+    out = metric_files.write_metric(path, "entropy", tmp_path / "entropy.nc")
     with xr.open_dataset(out) as ds:
         np.testing.assert_allclose(ds["entropy"].values, authors_entropy(maps), rtol=1e-9)
         assert ds.attrs["entropy_range"] == "global" and ds.attrs["bins"] == 100
@@ -138,14 +138,14 @@ def test_capture_keeps_its_range_and_a_file_without_it_is_read_for_it(tmp_path):
     with netCDF4.Dataset(path, "a") as root:  # as an older dyn wrote it
         root.delncattr("value_min")
         root.delncattr("value_max")
-    assert metrics.capture_range(path) == bounds
+    assert metric_files.capture_range(path) == bounds
 
 
 def test_one_pass_equals_one_metric_at_a_time(tmp_path):
     _, _, path = _capture(tmp_path, "resnet_digits", n=10, chunk=3)
-    together = metrics.stream_metrics(path, metrics.METRICS, bins=50, workers=2)
+    together = metric_files.stream_metrics(path, metrics.METRICS, bins=50, workers=2)
     for name in metrics.METRICS:
-        alone = metrics.stream_metrics(path, (name,), bins=50)[name]
+        alone = metric_files.stream_metrics(path, (name,), bins=50)[name]
         if name == "spectrum":
             for a, b in zip(together[name], alone):
                 np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -163,7 +163,7 @@ def test_streaming_reads_one_block_at_a_time(tmp_path):
 def test_metric_files(tmp_path):
     _, _, path = _capture(tmp_path, "resnet_digits", n=4)
     for name in metrics.METRICS:
-        out = metrics.write_metric(path, name, tmp_path / f"{name}.nc", bins=100)
+        out = metric_files.write_metric(path, name, tmp_path / f"{name}.nc", bins=100)
         with xr.open_dataset(out) as ds:
             assert ds.attrs["model"] == "resnet_digits" and ds.attrs["metric"] == name
             if name == "spectrum":

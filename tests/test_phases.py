@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dyn.analysis import metrics, nulls, phases
+from dyn.analysis import metric_files, nulls, phases
 from dyn.errors import UserError
 from dyn.grid import layers
 
@@ -158,7 +158,7 @@ def _channel_capture(tmp_path, smooth: bool, seed=0):
 def test_smooth_channels_beat_their_permuted_control_and_iid_channels_do_not(tmp_path):
     for smooth in (True, False):
         capture = _channel_capture(tmp_path, smooth)
-        spec = metrics.write_metric(capture, "spectrum", tmp_path / f"spectrum_{smooth}.nc", permutation_seed=5)
+        spec = metric_files.write_metric(capture, "spectrum", tmp_path / f"spectrum_{smooth}.nc", permutation_seed=5)
         with xr.open_dataset(spec) as ds:
             assert ds.attrs["permutation_seed"] == 5
             scores = [(phases.lowpass_score(s, 64), phases.lowpass_score(p, 64))

@@ -102,7 +102,7 @@ def _metric_command(name: str):
     @seed_option
     def command(capture_path, out, bins, threads, entropy_range, seed):
         setup(None)  # no torch here
-        from .analysis.metrics import write_metric
+        from .analysis.metric_files import write_metric
 
         write_metric(capture_path, name, out, bins=bins, progress=progress(), workers=threads,
                      entropy_range=entropy_range, permutation_seed=seed)

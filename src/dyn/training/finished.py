@@ -75,7 +75,6 @@ NOT_TRAINING_CODE = {
     "training/finished.py": "this key",
     "training/watch.py": "what a running job shows: progress lines, progress.json, live run files, TensorBoard",
     "analysis/phases.py": "reads an `auto` spec's bottleneck: the pairs it gives are in the fingerprint",
-    "analysis/capture.py": "metrics' file readers only; the snapshots call metrics on tensors",
 }
 
 
