@@ -51,7 +51,7 @@ def ours_step(teacher, pairs, device, compiled: bool = False, amp: bool = True, 
     """Our training step of one SpectralKD student, as the loop takes it."""
     import timm
 
-    from dyn.training.loop import Precision, backward_and_step
+    from dyn.training.precision import Precision, backward_and_step
     from dyn.training.recipe import Recipe, make_optimizer
     from dyn.training.task import LayerDistillationTask, SharedTeacher
 
@@ -140,7 +140,7 @@ def bench_cohort(teacher, x, y, n: int, warmup: int, steps: int) -> dict:
     import timm
     from timm.task import DistillationTeacher
 
-    from dyn.training.loop import Precision, backward_and_step
+    from dyn.training.precision import Precision, backward_and_step
     from dyn.training.recipe import Recipe, make_optimizer
     from dyn.training.rng import RngStream
     from dyn.training.task import LayerDistillationTask, SharedTeacher

@@ -143,7 +143,7 @@ def test_resume_after_interruption_is_bit_identical_with_repeated_augmentation(t
 
 def test_float16_autocast_with_a_gradient_scaler_resumes_with_its_scale(teacher, tmp_path, monkeypatch):
     # float16 autocast runs only on CUDA in a real run; here it is forced onto the CPU, scaler included.
-    from dyn.training.loop import Precision
+    from dyn.training.precision import Precision
 
     class CpuFloat16(Precision):
         def new_scaler(self):

@@ -35,7 +35,8 @@ from ..grid.runs import RunSpec
 from . import distributed, finished, translators
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution
-from .loop import Loop, Member, Precision, fit, raise_if_stopped
+from .loop import Loop, Member, fit, raise_if_stopped
+from .precision import Precision
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .rng import RngStream
 from .state import clear_state, fingerprint_of

@@ -21,7 +21,9 @@ from ..atomic import write_json
 from ..files import weights_kind
 from .batches import split_batches
 from .distributed import World, init
-from .loop import Loop, Member, Precision, evaluate, fit, raise_if_stopped
+from .evaluation import evaluate
+from .loop import Loop, Member, fit, raise_if_stopped
+from .precision import Precision
 from .recipe import Recipe, make_optimizer, make_scheduler
 from .rng import RngStream
 from .state import clear_state, fingerprint_of

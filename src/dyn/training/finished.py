@@ -44,7 +44,9 @@ LIBRARIES = ("torch", "timm", "numpy")
 # NOT_TRAINING_CODE.
 TRAINING_CODE = {
     "training/distill.py": "the cohort's setup: teacher, students, translators, what a run directory holds",
-    "training/loop.py": "the epoch: steps, evaluation, non-finite checks, resume",
+    "training/loop.py": "the epoch: steps, non-finite checks, resume",
+    "training/precision.py": "autocast and the float16 gradient scaler",
+    "training/evaluation.py": "validation top-1/top-5 and loss (which epoch is best)",
     "training/task.py": "the distillation task: which maps meet which, with what loss",
     "training/losses.py": "the feature losses",
     "training/translators.py": "the pca translator's estimate from training images",

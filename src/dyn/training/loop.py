@@ -32,45 +32,13 @@ from tqdm import tqdm
 from ..errors import NonFiniteLoss
 from .batches import Batches
 from .distributed import World, all_reduce_sum
+from .evaluation import evaluate_all
+from .precision import Precision, backward_and_step
 from .rng import RngStream
 from .state import History, kept_entry, load_state, progress_path, save_state
 from .watch import Progress, above_the_bar, live_enabled
 
 log = logging.getLogger("dyn")
-
-
-@dataclass
-class Precision:
-    """Autocast of the forward passes, and whether float16 needs a gradient scaler (one per trained
-    model) to keep its gradients from underflowing; both off (float32) unless enabled."""
-
-    device_type: str = "cpu"
-    dtype: torch.dtype = torch.bfloat16
-    enabled: bool = False
-    scaled: bool = False
-
-    @classmethod
-    def of(cls, device: torch.device, amp: bool, dtype: str = "bfloat16") -> "Precision":
-        """Autocast in `dtype` on CUDA when `amp`; float32 on the CPU."""
-        enabled = amp and device.type == "cuda"
-        return cls(device.type, getattr(torch, dtype), enabled, enabled and dtype == "float16")
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def new_scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(self.device_type) if self.scaled else None
-
-
-def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler | None) -> None:
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)  # skipped where the scaled gradients overflowed
-    scaler.update()
 
 
 @dataclass
@@ -305,32 +273,6 @@ def _weights(member: Member) -> dict[str, dict[str, torch.Tensor]]:
     """A copy on the CPU of the weights `member.keep_best` names (the model as it is now)."""
     return {name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
             for name, module in member.keep_best(member.task).items()}
-
-
-def evaluate_all(models: list[nn.Module], batches: Batches, device: torch.device, world: World = World(),
-                 precision: Precision = Precision()) -> list[dict[str, float]]:
-    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of each model over a split (all
-    processes), in one pass over its batches."""
-    for model in models:
-        model.eval()
-    sums = torch.zeros(len(models), 4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss, count
-    with torch.inference_mode(), precision.autocast():
-        for images, labels, _ in batches.epoch(0):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            for i, model in enumerate(models):
-                logits = model(images).float()
-                hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-                sums[i] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                                        nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                                        torch.tensor(labels.shape[0], device=device)]).double()
-    return [{"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "val_loss": loss / n}
-            for c1, c5, loss, n in all_reduce_sum(sums, world).tolist()]
-
-
-def evaluate(model: nn.Module, batches: Batches, device: torch.device, world: World = World(),
-             precision: Precision = Precision()) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over a split (all processes)."""
-    return evaluate_all([model], batches, device, world, precision)[0]
 
 
 def _stop_non_finite(loop: Loop, active: list[Member], first_bad: dict, epoch: int) -> None:
