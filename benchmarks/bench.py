@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_cohort import bench_cohort, measured_process
+from cli_defaults import rule_args
 
 OUT = Path("results/bench")
 SECTIONS = ("metrics", "memory", "calibration", "capture", "train", "cohort", "live", "dag")
@@ -95,8 +96,8 @@ def bench_metrics(repeats: int) -> list[dict]:
     path = synthetic_capture(OUT / "cait_s24_64.nc", **CAIT_S24)
     dyn = str(Path(sys.executable).with_name("dyn"))
     read_s = median_time(lambda: run(sys.executable, "-c", XARRAY_READ, str(path)), repeats)
-    rule_s = {name: median_time(lambda n=name: run(dyn, "metrics", n, "--capture", str(path), "--out",
-                                                   str(OUT / f"{n}.nc")), repeats)
+    rule_s = {name: median_time(lambda n=name: run(dyn, *rule_args(["metrics", n, "--capture", path, "--out",
+                                                                      OUT / f"{n}.nc"])), repeats)
               for name in metrics.METRICS}
     rules_s = sum(rule_s.values())
 
@@ -118,19 +119,20 @@ def bench_metrics(repeats: int) -> list[dict]:
                         seconds, read_s, seconds / read_s, "time ratio (ours / read)", "<= 3x", seconds / read_s <= 3,
                         file=shape))
     # The other ways to the entropy: each vector's own range, and a capture without its range (two passes).
-    vector_s = median_time(lambda: run(dyn, "metrics", "entropy", "--capture", str(path), "--out",
-                                       str(OUT / "entropy_vector.nc"), "--entropy-range", "vector"), repeats)
+    vector_s = median_time(lambda: run(dyn, *rule_args(["metrics", "entropy", "--capture", path, "--out",
+                                                          OUT / "entropy_vector.nc", "--entropy-range", "vector"])),
+                         repeats)
     unkept = synthetic_capture(OUT / "cait_s24_64_unkept.nc", **CAIT_S24)
     import netCDF4
 
     with netCDF4.Dataset(unkept, "a") as root:  # as a capture of an older dyn: no value_min / value_max
         root.delncattr("value_min")
         root.delncattr("value_max")
-    two_pass_s = median_time(lambda: run(dyn, "metrics", "entropy", "--capture", str(unkept), "--out",
-                                         str(OUT / "entropy_two_pass.nc")), repeats)
-    phases_s = median_time(lambda: run(dyn, "metrics", "phases", "--entropy", str(OUT / "entropy.nc"), "--magnitude",
-                                       str(OUT / "magnitude.nc"), "--spectrum", str(OUT / "spectrum.nc"), "--out",
-                                       str(OUT / "phases.csv")), repeats)
+    two_pass_s = median_time(lambda: run(dyn, *rule_args(["metrics", "entropy", "--capture", unkept, "--out",
+                                                            OUT / "entropy_two_pass.nc"])), repeats)
+    phases_s = median_time(lambda: run(dyn, *rule_args(["metrics", "phases", "--entropy", OUT / "entropy.nc",
+                                                          "--magnitude", OUT / "magnitude.nc", "--spectrum",
+                                                          OUT / "spectrum.nc", "--out", OUT / "phases.csv"])), repeats)
     rows.append(row("metrics: `dyn metrics phases` of that capture's three metric files (one process, start-up "
                     "included)", "a 30 s budget", phases_s, 30.0, phases_s / 30.0, "time ratio (ours / budget)",
                     "< 1", phases_s < 30, file=shape))
@@ -172,8 +174,9 @@ def bench_memory(budget_mb: int = 512) -> list[dict]:
     rows = []
     for name in metrics.METRICS:
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, "metrics", name, "--capture", str(path), "--out",
-                              str(OUT / f"memory_{name}.nc")], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, *rule_args(["metrics", name, "--capture", path,
+                                                                             "--out", OUT / f"memory_{name}.nc"])],
+                             capture_output=True, text=True, check=True).stdout
         seconds = time.perf_counter() - started
         peak_mb = int(out.split()[-1]) / 1024
         rows.append(row(f"`dyn metrics {name}` over a {size_mb:.0f} MiB capture: peak resident memory (MiB)",
@@ -350,11 +353,12 @@ def bench_live(repeats: int, epochs: int = 18) -> list[dict]:
 
         def command(on: bool, out: str) -> list[str]:
             train = {**config["train"], "tensorboard": on}
-            return ["env", f"DYN_LIVE={int(on)}", dyn, "distill", "--runs", json.dumps(LIVE_COHORT), "--epochs",
-                    str(epochs), "--seed", "0", "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher),
+            runs = [{**run, "epochs": epochs} for run in LIVE_COHORT]
+            return ["env", f"DYN_LIVE={int(on)}", dyn, *rule_args([
+                    "distill", "--runs", json.dumps(runs), "--teacher-arch", "cait_digits", "--teacher-checkpoint", teacher,
                     "--student-arch", "deit_digits", "--runs-dir", str(Path(tmp) / out), "--state",
                     str(Path(tmp) / "state" / out / "last.pt"), "--evolution-every", "2", "--dataset",
-                    json.dumps(config["dataset"]), "--train", json.dumps(train), "--device", "cpu", "--threads", "1"]
+                    json.dumps(config["dataset"]), "--train", json.dumps(train), "--device", "cpu", "--threads", "1"])]
 
         measured_pair([command(True, "warm_on"), command(False, "warm_off")])  # page cache, the venv's bytecode
         times: dict[bool, list[float]] = {False: [], True: []}

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_defaults import rule_args
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Table 1's nine students of "300" epochs (20 on the digits), as `dyn distill --runs` takes them.
@@ -71,10 +73,12 @@ def bench_cohort(row, epochs: int = 20) -> list[dict]:
         save_weights(timm.create_model("cait_digits"), teacher)  # untrained: the timing is the same
 
         def command(runs, out):
-            return [dyn, "distill", "--runs", json.dumps(runs), "--epochs", str(epochs), "--seed", "0",
-                    "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher), "--student-arch",
-                    "deit_digits", "--runs-dir", str(Path(tmp) / out), "--evolution-every", "2", "--dataset",
-                    json.dumps(config["dataset"]), "--train", json.dumps(train), "--device", "cpu", "--threads", "1"]
+            runs = [{**run, "epochs": epochs} for run in runs]
+            return [dyn, *rule_args(["distill", "--runs", json.dumps(runs), "--teacher-arch", "cait_digits",
+                                     "--teacher-checkpoint", teacher, "--student-arch", "deit_digits", "--runs-dir",
+                                     Path(tmp) / out, "--evolution-every", "2", "--dataset",
+                                     json.dumps(config["dataset"]), "--train", json.dumps(train), "--device", "cpu",
+                                     "--threads", "1"])]
 
         serial = [timed_process(command([run], "serial")) for run in TABLE1_GRID]
         cohort_s, cohort_mib = timed_process(command(TABLE1_GRID, "cohort"))

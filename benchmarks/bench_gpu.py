@@ -154,7 +154,7 @@ def bench_cohort(teacher, x, y, n: int, warmup: int, steps: int) -> dict:
         stream = RngStream(0, device)
         with stream.active():
             task = LayerDistillationTask(timm.create_model("deit_tiny_patch16_224"), shared_teacher,
-                                         layers.parse(spec, 12, 24) if method != "softkd" else [], method, alpha=0.9,
+                                         layers.parse(spec, 12, 24) if method != "softkd" else [], method, alpha=0.9, temperature=1.0,
                                          beta=beta, label_smoothing=0.1, device=device).to(device).train()
         students.append((task, make_optimizer(task.trainable_module, Recipe()), stream, SharedTeacher([task])))
     cohort_teacher = SharedTeacher([task for task, *_ in students])

@@ -35,38 +35,46 @@ else
 fi
 
 digits='{"name": "digits"}'
+# The options each rule always passes, at the config's defaults (the CLI has none); ours come after them.
+defaults() { mapfile -t "$1" < <($py -c 'import sys; sys.path.insert(0, "benchmarks")
+from cli_defaults import rule_options; print("\n".join(rule_options(sys.argv[1])))' "$2"); }
+defaults distill_options distill; defaults fetch_options fetch; defaults capture_options capture
+defaults entropy_options "metrics entropy"
+run() {  # run METHOD [LAYERS BETA]: one run spec as `dyn distill --runs` takes it
+    printf '[{"method": "%s", "layers": "%s", "beta": %s, "epochs": %s}]' "$1" "${2:-none}" "${3:-0}" "$epochs"
+}
 train='{"global_batch": 64, "lr_base": 2e-3, "lr_base_size": 64, "warmup_epochs": 1, "augment": false, "num_workers": 0, "eval_batch_size": 512, "crop_pct": null'
 distill() {  # distill OUT_DIR DEVICE EXTRA_TRAIN_JSON ARGS...
     local dir=$1 device=$2 extra=$3; shift 3
-    $py -m dyn.cli distill --epochs "$epochs" --teacher-arch cait_digits \
+    $py -m dyn.cli distill "${distill_options[@]}" --teacher-arch cait_digits \
         --teacher-checkpoint "$work/cait.safetensors" --student-arch deit_digits --runs-dir "$dir" \
         --num-images 16 --evolution-every 5 --dataset "$digits" --train "$train$extra}" --device "$device" "$@"
 }
-step fetch_teacher $py -m dyn.cli fetch --name cait --arch cait_digits --weights train --epochs "$epochs" \
+step fetch_teacher $py -m dyn.cli fetch "${fetch_options[@]}" --name cait --arch cait_digits --weights train --epochs "$epochs" \
     --out "$work/cait.safetensors" --dataset "$digits" --train "$train}" --device "$dev"
-step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --method spectral --layers First1+Last1 --beta 0.2
-step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --method spectral --layers First1+Last1 --beta 0.2
-step spectral_fp16 distill "$out/spectral_fp16" "$dev" ', "amp_dtype": "float16"' --method spectral --layers First1+Last1 --beta 0.2
-step spectral_repeated_aug distill "$out/spectral_ra" "$dev" ', "repeated_aug": 3' --method spectral --layers First1+Last1 --beta 0.2
-step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --method projector --layers First1+Last1 --beta 0.2
-cohort='[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}, {"method": "projector", "layers": "Last1", "beta": 0.2}]'
+step spectral_bf16_ema distill "$out/spectral_$dev" "$dev" ', "ema": true, "ema_decay": 0.99' --runs "$(run spectral First1+Last1 0.2)"
+step spectral_cpu_fp32 distill "$out/spectral_cpu" cpu ', "ema": true, "ema_decay": 0.99' --runs "$(run spectral First1+Last1 0.2)"
+step spectral_fp16 distill "$out/spectral_fp16" "$dev" ', "amp_dtype": "float16"' --runs "$(run spectral First1+Last1 0.2)"
+step spectral_repeated_aug distill "$out/spectral_ra" "$dev" ', "repeated_aug": 3' --runs "$(run spectral First1+Last1 0.2)"
+step projector_compiled distill "$work/projector" "$dev" ', "compile": true' --runs "$(run projector First1+Last1 0.2)"
+cohort="[{\"method\": \"softkd\", \"epochs\": $epochs}, {\"method\": \"spectral\", \"layers\": \"First1\", \"beta\": 0.2, \"epochs\": $epochs}, {\"method\": \"projector\", \"layers\": \"Last1\", \"beta\": 0.2, \"epochs\": $epochs}]"
 aug=', "augment": true, "drop_path": 0.1, "teacher_cache": false'
 step cohort_of_3 distill "$out/cohort" "$dev" "$aug" --runs "$cohort"
-step cohort_alone_1 distill "$out/alone" "$dev" "$aug" --method softkd
-step cohort_alone_2 distill "$out/alone" "$dev" "$aug" --method spectral --layers First1 --beta 0.2
-step cohort_alone_3 distill "$out/alone" "$dev" "$aug" --method projector --layers Last1 --beta 0.2
+step cohort_alone_1 distill "$out/alone" "$dev" "$aug" --runs "$(run softkd)"
+step cohort_alone_2 distill "$out/alone" "$dev" "$aug" --runs "$(run spectral First1 0.2)"
+step cohort_alone_3 distill "$out/alone" "$dev" "$aug" --runs "$(run projector Last1 0.2)"
 if [ "$dev" = cuda ]; then
     step torchrun_nccl $py -m torch.distributed.run --standalone --nproc_per_node=1 -m dyn.cli distill \
-        --method softkd --epochs 2 --teacher-arch cait_digits --teacher-checkpoint "$work/cait.safetensors" \
+        "${distill_options[@]}" --runs '[{"method": "softkd", "epochs": 2}]' --teacher-arch cait_digits --teacher-checkpoint "$work/cait.safetensors" \
         --student-arch deit_digits --runs-dir "$out/ddp" --num-images 16 --dataset "$digits" \
         --train "$train, \"repeated_aug\": 3, \"amp_dtype\": \"float16\"}" --device cuda
     step gpu_slot $py -m dyn.cli gpu-run --gpus 1 --pool "$work/pool" -- \
         $py -c 'import os, torch; print("slot", os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())'
     cat "$out/gpu_slot.log"
 fi
-step capture $py -m dyn.cli capture --name cait --arch cait_digits --checkpoint "$work/cait.safetensors" \
+step capture $py -m dyn.cli capture "${capture_options[@]}" --name cait --arch cait_digits --checkpoint "$work/cait.safetensors" \
     --out "$work/cait.nc" --num-images 64 --dataset "$digits" --device "$dev"
-step metrics_entropy $py -m dyn.cli metrics entropy --capture "$work/cait.nc" --out "$out/cait_entropy.nc"
+step metrics_entropy $py -m dyn.cli metrics entropy "${entropy_options[@]}" --capture "$work/cait.nc" --out "$out/cait_entropy.nc"
 
 $py - "$out" "$dev" <<'PY' | tee -a "$out/summary.txt"
 import json, sys

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "benchmarks"))  # `import bench`: the benchmark scripts are not in the package
 
+from cli_defaults import rule_args, rule_options, schema_defaults  # noqa: E402,F401  (for the tests)
+
 
 # The longest files first (Slurm's mostly waits on the scheduler): `make test` gives each file to one
 # xdist worker in collection order, and a long file started last would be the whole suite's tail.
@@ -81,3 +83,16 @@ def dyn_here(args) -> Ran:
         except SystemExit as exit_:
             code = exit_.code or 0
     return Ran(code, err.getvalue())
+
+
+def snapshots(**given):
+    """The students' entropy snapshots at the config's defaults (the analysis section's, evolution_every),
+    with `given` instead where given."""
+    from dyn.training.evolution import Snapshots
+
+    config = schema_defaults()
+    analysis = config["analysis"]
+    return Snapshots(**{"num_images": analysis["num_images"], "bins": analysis["entropy_bins"],
+                        "every": config["distill"]["evolution_every"],
+                        "sample": analysis["sample"], "sample_seed": analysis["sample_seed"],
+                        "entropy_range": analysis["entropy_range"], "transform": analysis["transform"], **given})

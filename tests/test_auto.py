@@ -7,12 +7,13 @@ import xarray as xr
 
 from dyn.analysis import nulls, phases
 
-from conftest import dyn_here
+from conftest import rule_args, dyn_here
 
-DISTILL = ["distill", "--method", "spectral", "--beta", "0.2", "--epochs", "1", "--teacher-arch", "cait_digits",
+DISTILL = rule_args(["distill", "--runs", json.dumps([{"method": "spectral", "layers": "auto", "beta": 0.2,
+                                                      "epochs": 1}]), "--teacher-arch", "cait_digits",
            "--student-arch", "deit_digits", "--num-images", "8", "--dataset", '{"name": "digits"}',
            "--train", json.dumps(dict(global_batch=256, lr_base_size=64, warmup_epochs=0, augment=False, num_workers=0,
-                                      eval_batch_size=512, crop_pct=None))]
+                                      eval_batch_size=512, crop_pct=None))])
 
 
 def teacher_phases(tmp_path, profile, name):
@@ -31,7 +32,7 @@ def teacher_phases(tmp_path, profile, name):
 
 def test_auto_refuses_a_teacher_without_a_u_before_any_training(tmp_path, teacher):
     no_u = teacher_phases(tmp_path, np.linspace(5, 4, 12), "monotone")
-    result = dyn_here(DISTILL + ["--layers", "auto", "--teacher-phases", no_u, "--teacher-checkpoint", teacher,
+    result = dyn_here(DISTILL + ["--teacher-phases", no_u, "--teacher-checkpoint", teacher,
                                  "--runs-dir", tmp_path / "runs"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
@@ -43,7 +44,7 @@ def test_auto_aligns_the_compression_phase_of_a_teacher_with_a_u(tmp_path, teach
     u = [5.0, 4.6, 4.2, 3.9, 3.7, 3.8, 4.0, 4.2, 4.4, 4.6, 4.8, 5.0]  # bottleneck at block 5
     path = teacher_phases(tmp_path, u, "u")
     assert phases.read_bottleneck(path) == 4
-    result = dyn_here(DISTILL + ["--layers", "auto", "--teacher-phases", path, "--teacher-checkpoint", teacher,
+    result = dyn_here(DISTILL + ["--teacher-phases", path, "--teacher-checkpoint", teacher,
                                  "--runs-dir", tmp_path / "runs"])
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "runs" / "spectral_auto_b0.2_e1_s0" / "summary.json").read_text())

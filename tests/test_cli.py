@@ -5,11 +5,12 @@ import json
 import timm
 import torch
 
-from conftest import dyn_here
+from conftest import dyn_here, rule_args
 
 
 def _dyn(args, env=None):
-    return dyn_here(args)
+    """`dyn ARGS` with the options its rule always passes (at the config's defaults) before ARGS."""
+    return dyn_here(rule_args(args))
 
 
 def _one_line_error(result, fragment):
@@ -19,8 +20,11 @@ def _one_line_error(result, fragment):
     assert lines[-1].startswith("dyn: error: ") and fragment in lines[-1]
 
 
-DISTILL = ["distill", "--method", "spectral", "--beta", "0.2", "--epochs", "1", "--teacher-arch", "cait_digits",
-           "--student-arch", "deit_digits"]
+DISTILL = ["distill", "--teacher-arch", "cait_digits", "--student-arch", "deit_digits"]
+
+
+def _spectral(layers: str) -> list[str]:
+    return ["--runs", json.dumps([{"method": "spectral", "layers": layers, "beta": 0.2, "epochs": 1}])]
 
 
 def test_unknown_model_name(env, tmp_path):
@@ -30,19 +34,19 @@ def test_unknown_model_name(env, tmp_path):
 
 
 def test_bad_layer_spec(env, tmp_path, teacher):
-    result = _dyn(DISTILL + ["--layers", "Lst1", "--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)], env)
+    result = _dyn(DISTILL + _spectral("Lst1") + ["--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)], env)
     _one_line_error(result, "bad layer spec 'Lst1'")
 
 
 def test_layer_spec_that_does_not_fit(env, tmp_path, teacher):
-    result = _dyn(DISTILL + ["--layers", "Last10", "--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)],
+    result = _dyn(DISTILL + _spectral("Last10") + ["--teacher-checkpoint", str(teacher), "--runs-dir", str(tmp_path)],
                   env)
     _one_line_error(result, "layer spec 'Last10' does not fit")
     assert "student has 8 blocks, teacher has 12" in result.stderr
 
 
 def test_missing_checkpoint(env, tmp_path):
-    result = _dyn(DISTILL + ["--layers", "Last1", "--teacher-checkpoint", str(tmp_path / "none.safetensors"),
+    result = _dyn(DISTILL + _spectral("Last1") + ["--teacher-checkpoint", str(tmp_path / "none.safetensors"),
                              "--runs-dir", str(tmp_path)], env)
     _one_line_error(result, "checkpoint file not found")
 

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import xarray as xr
-from conftest import dyn_here
+from conftest import rule_args, dyn_here
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset
 
@@ -121,8 +121,8 @@ def test_streams_are_refused_for_training_and_evaluation_in_one_line(teacher, da
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="stream dataset"):
         Batches(build_dataset(_wds(root), "val"), 4, shuffle=False)
-    fetch = ["fetch", "--name", "c", "--arch", "cait_digits", "--weights", teacher, "--out", tmp_path / "c.safetensors",
-             "--dataset", json.dumps(_wds(root, num_classes=10)), "--device", "cpu"]
+    fetch = rule_args(["fetch", "--name", "c", "--arch", "cait_digits", "--weights", teacher, "--out", tmp_path / "c.safetensors",
+             "--dataset", json.dumps(_wds(root, num_classes=10)), "--device", "cpu"])
     evaluated = dyn_here(fetch)
     assert evaluated.returncode == 2 and "evaluate: false" in evaluated.stderr.splitlines()[-1]
     assert dyn_here(fetch + ["--no-evaluate"]).returncode == 0  # the classes from dataset.num_classes
@@ -178,30 +178,30 @@ def test_capture_of_shards_and_of_a_folder_is_the_same(teacher, data, wds, tmp_p
     files = {}
     for kind, cfg in (("wds", _wds(root)), ("folder", _folder(root))):
         files[kind] = tmp_path / f"{kind}.nc"
-        ran = dyn_here(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher, "--num-images", 12,
+        ran = dyn_here(rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher, "--num-images", 12,
                         "--sample", "first", "--samples-per-chunk", 8, "--dataset", json.dumps(cfg), "--device", "cpu",
-                        "--out", files[kind]])
+                        "--out", files[kind]]))
         assert ran.returncode == 0, ran.stderr[-2000:]
     with xr.open_dataset(files["wds"]) as shards, xr.open_dataset(files["folder"]) as folder:
         assert shards.attrs["dataset"] == "wds/digits" and shards["label"].values.tolist() == labels["val"][:12]
         assert shards["sample"].values.tolist() == list(range(12))
         np.testing.assert_array_equal(shards["activation"].values, folder["activation"].values)
-    stratified = dyn_here(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher,
-                           "--dataset", json.dumps(_wds(root)), "--device", "cpu", "--out", tmp_path / "s.nc"])
+    stratified = dyn_here(rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher,
+                           "--dataset", json.dumps(_wds(root)), "--device", "cpu", "--out", tmp_path / "s.nc"]))
     assert stratified.returncode == 2 and stratified.stderr.count("\n") == 1
     assert stratified.stderr.startswith("dyn: error: analysis.sample 'stratified'") and not (tmp_path / "s.nc").exists()
 
 
 def test_a_folder_trains_a_student_with_snapshots_and_two_workers(teacher, data, tmp_path):
     from dyn.training.distill import distill
-    from dyn.training.evolution import Snapshots
+    from conftest import snapshots
     from dyn.grid.runs import RunSpec
 
     root, _ = data
     recipe = Recipe(global_batch=10, lr_base=2e-3, lr_base_size=64, warmup_epochs=0, augment=False, num_workers=2,
                     eval_batch_size=64, crop_pct=None)
     summary = distill([RunSpec("softkd", "none", 0.0, 1, 0)], "cait_digits", teacher, "deit_digits", _folder(root),
-                      recipe, [tmp_path / "run"], snapshots=Snapshots(num_images=10, every=1), device="cpu")[0]
+                      recipe, [tmp_path / "run"], snapshots=snapshots(num_images=10, every=1), device="cpu")[0]
     assert 0 <= summary["top1"] <= 100
     with xr.open_dataset(tmp_path / "run" / "evolution.nc") as evolution:
         assert evolution.sizes["epoch"] == 2 and np.isfinite(evolution["entropy"].values).all()
@@ -234,8 +234,8 @@ def test_a_missing_package_is_named(monkeypatch, teacher, tmp_path):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "webdataset" else real(name, *a))
-    ran = dyn_here(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher, "--sample", "first",
-                    "--dataset", '{"name": "wds/imagenet", "root": "."}', "--out", tmp_path / "c.nc"])
+    ran = dyn_here(rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", teacher, "--sample", "first",
+                    "--dataset", '{"name": "wds/imagenet", "root": "."}', "--out", tmp_path / "c.nc"]))
     assert ran.returncode == 2 and ran.stderr == ("dyn: error: dataset.name 'wds/imagenet' needs the Python "
                                                   "package(s) webdataset: pip install webdataset\n")
 

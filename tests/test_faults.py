@@ -16,7 +16,7 @@ import xarray as xr
 
 from dyn.models import save_weights
 
-from conftest import dyn_here, tool
+from conftest import rule_args, dyn_here, tool
 
 DIGITS = '{"name": "digits"}'
 
@@ -66,13 +66,13 @@ def checkpoint(tmp_path_factory):
 
 
 def test_kill_9_of_capture_metrics_and_report_jobs_then_rerun_gives_the_same_files(checkpoint, tmp_path, env):
-    capture = ["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
-               "--dataset", DIGITS, "--device", "cpu", "--out"]
+    capture = rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
+               "--dataset", DIGITS, "--device", "cpu", "--out"])
     assert dyn_here(capture + [tmp_path / "whole.nc"]).returncode == 0
     _killed_once_then_rerun(capture + [tmp_path / "killed.nc"], tmp_path / "killed.nc", env)
     _same_netcdf(tmp_path / "whole.nc", tmp_path / "killed.nc")
 
-    entropy = ["metrics", "entropy", "--capture", tmp_path / "whole.nc", "--out"]
+    entropy = rule_args(["metrics", "entropy", "--capture", tmp_path / "whole.nc", "--out"])
     assert dyn_here(entropy + [tmp_path / "entropy.nc"]).returncode == 0
     _killed_once_then_rerun(entropy + [tmp_path / "m" / "entropy.nc"], tmp_path / "m" / "entropy.nc", env)
     _same_netcdf(tmp_path / "entropy.nc", tmp_path / "m" / "entropy.nc")
@@ -92,8 +92,8 @@ def test_a_full_disk_while_writing_a_capture_ends_in_one_line_and_keeps_no_file(
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
 
     out = tmp_path / "out" / "cait.nc"
-    result = _run(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
-                   "--dataset", DIGITS, "--device", "cpu", "--out", out], env, preexec_fn=small_file_limit)
+    result = _run(rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images", "64",
+                   "--dataset", DIGITS, "--device", "cpu", "--out", out]), env, preexec_fn=small_file_limit)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"dyn: error: cannot write {out}") and "disk full" in last
@@ -104,10 +104,10 @@ def test_a_full_disk_while_writing_a_capture_ends_in_one_line_and_keeps_no_file(
 def test_a_damaged_resume_state_is_moved_aside_and_the_run_starts_over(checkpoint, tmp_path, caplog):
     state = tmp_path / "last.pt"
     state.write_bytes(b"PK\x03\x04 half of a zip")  # what a full disk can leave
-    result = dyn_here(["distill", "--method", "softkd", "--epochs", "1", "--teacher-arch", "cait_digits",
+    result = dyn_here(rule_args(["distill", "--runs", '[{"method": "softkd", "epochs": 1}]', "--teacher-arch", "cait_digits",
                    "--teacher-checkpoint", checkpoint, "--student-arch", "deit_digits", "--runs-dir", tmp_path / "runs",
                    "--state", state, "--num-images", "4", "--dataset", DIGITS, "--device", "cpu", "--train",
-                   '{"global_batch": 256, "warmup_epochs": 0, "augment": false, "num_workers": 0, "crop_pct": null}'])
+                   '{"global_batch": 256, "warmup_epochs": 0, "augment": false, "num_workers": 0, "crop_pct": null}']))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "last.pt.corrupt").read_bytes().startswith(b"PK")
     assert f"cannot read the resume state {state}" in caplog.text and "starting over" in caplog.text
@@ -118,9 +118,9 @@ def test_files_are_readable_by_others_as_the_umask_allows(checkpoint, tmp_path):
     out = tmp_path / "ro"
     previous = os.umask(0o022)
     try:
-        assert dyn_here(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images",
-                         "4", "--dataset", DIGITS, "--device", "cpu", "--out", out / "c.nc"]).returncode == 0
-        assert dyn_here(["metrics", "spectrum", "--capture", out / "c.nc", "--out", out / "s.nc"]).returncode == 0
+        assert dyn_here(rule_args(["capture", "--name", "c", "--arch", "cait_digits", "--checkpoint", checkpoint, "--num-images",
+                         "4", "--dataset", DIGITS, "--device", "cpu", "--out", out / "c.nc"])).returncode == 0
+        assert dyn_here(rule_args(["metrics", "spectrum", "--capture", out / "c.nc", "--out", out / "s.nc"])).returncode == 0
     finally:
         os.umask(previous)
     for path in out.iterdir():
@@ -133,24 +133,24 @@ def test_a_checkpoint_with_another_class_count_is_fetched_and_captured_without_a
     torch.manual_seed(0)
     save_weights(timm.create_model("deit_digits", num_classes=1000), tmp_path / "in1k.safetensors")
     out = tmp_path / "ck" / "deit.safetensors"
-    result = dyn_here(["fetch", "--name", "deit", "--arch", "deit_digits", "--weights", tmp_path / "in1k.safetensors",
-                       "--out", out, "--dataset", DIGITS, "--train", '{"num_workers": 0}'])
+    result = dyn_here(rule_args(["fetch", "--name", "deit", "--arch", "deit_digits", "--weights", tmp_path / "in1k.safetensors",
+                       "--out", out, "--dataset", DIGITS, "--train", '{"num_workers": 0}']))
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["num_classes"] == 1000 and "val_top1" not in info
     assert info["evaluation"] == "skipped: the model has 1000 classes, the dataset's validation split 10"
     assert "validation accuracy skipped: the model has 1000 classes" in caplog.text
-    capture = dyn_here(["capture", "--name", "deit", "--arch", "deit_digits", "--checkpoint", out, "--num-images", "8",
-                        "--dataset", DIGITS, "--out", tmp_path / "deit.nc"])
+    capture = dyn_here(rule_args(["capture", "--name", "deit", "--arch", "deit_digits", "--checkpoint", out, "--num-images", "8",
+                        "--dataset", DIGITS, "--out", tmp_path / "deit.nc"]))
     assert capture.returncode == 0, capture.stderr[-2000:]
     with xr.open_dataset(tmp_path / "deit.nc") as ds:
         assert ds["activation"].sizes["layer"] == 8 and np.isfinite(ds["activation"].values).all()
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["metrics", "entropy", "--capture", "{tmp}/notes.nc", "--out", "{tmp}/e.nc"], "cannot read capture file"),
-    (["fetch", "--name", "m", "--arch", "resnet_digits", "--weights", "{tmp}/notes.pth", "--out", "{tmp}/m.safetensors",
-      "--dataset", DIGITS], "cannot read checkpoint"),
+    (rule_args(["metrics", "entropy", "--capture", "{tmp}/notes.nc", "--out", "{tmp}/e.nc"]), "cannot read capture file"),
+    (rule_args(["fetch", "--name", "m", "--arch", "resnet_digits", "--weights", "{tmp}/notes.pth", "--out", "{tmp}/m.safetensors",
+      "--dataset", DIGITS]), "cannot read checkpoint"),
 ])
 def test_one_line_from_a_real_process(tmp_path, env, args, fragment):
     for name in ("notes.nc", "notes.pth"):

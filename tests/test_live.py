@@ -13,7 +13,7 @@ import xarray as xr
 
 from dyn.training import loop, watch
 from dyn.training.distill import distill
-from dyn.training.evolution import Snapshots
+from conftest import snapshots
 from dyn.training.recipe import Recipe
 from dyn.grid.runs import RunSpec
 
@@ -32,7 +32,7 @@ MEMBER = {"done", "epochs", "last_top1", "best_top1", "best_epoch", "stopped"}
 def _cohort(teacher, runs, state, **recipe):
     return distill(COHORT, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}),
                    [runs / spec.run_id for spec in COHORT], state_path=state,
-                   snapshots=Snapshots(num_images=8, every=1))
+                   snapshots=snapshots(num_images=8, every=1))
 
 
 def _on_disk(run):
@@ -147,7 +147,7 @@ def test_dyn_live_0_and_no_tensorboard_write_the_run_only_at_its_end(teacher, tm
 
     monkeypatch.setattr(loop, "end_of_epoch", end_of_epoch)
     distill([spec], "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**RECIPE, tensorboard=False), [run],
-            state_path=tmp_path / "state" / "last.pt", snapshots=Snapshots(num_images=8))
+            state_path=tmp_path / "state" / "last.pt", snapshots=snapshots(num_images=8))
     assert during == [([], ["last.pt"])], "nothing but the state while it trains"
     assert sorted(os.listdir(run)) == ["evolution.nc", "log.csv", "student.safetensors", "student_best.safetensors",
                                        "summary.json"]

@@ -151,7 +151,8 @@ def test_projector_initialisation_is_pytorchs_default_from_the_seed():
     def build(seed, method="projector"):
         torch.manual_seed(seed)
         student = timm.create_model("deit_digits")
-        return LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], method, beta=0.2).projector()
+        return LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], method, beta=0.2, alpha=0.9,
+                                     temperature=1.0, label_smoothing=0.0).projector()
 
     first, again, other = build(1), build(1), build(2)
     for a, b, c in zip(first.maps, again.maps, other.maps):
@@ -220,7 +221,8 @@ def test_lowpass_method_is_spectralkd_against_the_translated_teacher():
     teacher = timm.create_model("cait_digits").eval()
     student = timm.create_model("deit_digits")
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    task = LayerDistillationTask(student, teacher, [(7, 11)], "lowpass", beta=0.2, lowpass_keep=0.25).train()
+    task = LayerDistillationTask(student, teacher, [(7, 11)], "lowpass", beta=0.2, alpha=0.9, temperature=1.0,
+                                 label_smoothing=0.0, options={"lowpass_keep": 0.25}).train()
     teacher_out = SharedTeacher([task])(x)
     out = task(x, y, teacher_out)
     logits, maps = task.trainable_module(x)
@@ -311,7 +313,8 @@ def test_pca_method_is_spectralkd_against_the_projected_teacher():
     teacher = timm.create_model("cait_digits").eval()
     student = timm.create_model("deit_digits")
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    task = LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], "pca", beta=0.2, pca_keep=0.25).train()
+    task = LayerDistillationTask(student, teacher, [(0, 0), (7, 11)], "pca", beta=0.2, alpha=0.9, temperature=1.0,
+                                 label_smoothing=0.0, options={"pca_keep": 0.25}).train()
     shared = SharedTeacher([task])
     teacher_out = shared(x)
     with pytest.raises(RuntimeError, match="set_translators"):

@@ -115,7 +115,8 @@ def test_projectorkd_between_models_whose_layers_are_picked_by_name(example_on_p
     student = create_model("tinynet:student", num_classes=10, layers=["blocks.*"])
     assert layer_channels(teacher, [0, 5]) == [32, 32] and layer_channels(student, [3]) == [16]
     assert student.training  # its mode is kept
-    task = LayerDistillationTask(student, teacher, [(3, 5)], "projector", beta=0.2)
+    task = LayerDistillationTask(student, teacher, [(3, 5)], "projector", beta=0.2, alpha=0.9, temperature=1.0,
+                                 label_smoothing=0.0)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         logits, maps = features(teacher, x, [5], with_logits=True)
@@ -134,5 +135,6 @@ def test_a_plain_model_without_a_data_config_gets_timms_defaults(tmp_path, monke
     monkeypatch.syspath_prepend(str(tmp_path))
     teacher, student = (create_model("plainnet:make", num_classes=3, layers=["[01]"]) for _ in range(2))
     assert teacher.pretrained_cfg["input_size"] == (3, 224, 224) and teacher.pretrained_cfg["mean"][0] == 0.485
-    task = LayerDistillationTask(student, teacher, [(1, 1)], "projector_trained", beta=0.2)  # timm's teacher wrapper
+    task = LayerDistillationTask(student, teacher, [(1, 1)], "projector_trained", beta=0.2, alpha=0.9,
+                                 temperature=1.0, label_smoothing=0.0)  # timm's teacher wrapper
     assert task.trainable_module.projector is not None

@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from conftest import dyn_here, tool
+from conftest import dyn_here, rule_args, tool
 from safetensors.torch import load_file
 from test_train import tensorboard_scalars
 
@@ -42,10 +42,10 @@ def run_ids(epochs):
 
 
 def distill_args(teacher, out, epochs, train=TRAIN, extra=(), dataset=DIGITS):
-    return ["distill", "--runs", json.dumps(COHORT), "--epochs", str(epochs),
+    return rule_args(["distill", "--runs", json.dumps([{**run, "epochs": epochs} for run in COHORT]),
             "--teacher-arch", "cait_digits", "--teacher-checkpoint", str(teacher), "--student-arch", "deit_digits",
             "--runs-dir", str(out), "--num-images", "8", "--evolution-every", "1", "--dataset", dataset,
-            "--train", train, "--device", "cpu", "--threads", "1", *extra]
+            "--train", train, "--device", "cpu", "--threads", "1", *extra])
 
 
 def log_rows(run_dir):

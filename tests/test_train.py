@@ -1,5 +1,7 @@
+import json
 import csv
 import math
+import re
 
 import pytest
 import timm
@@ -9,7 +11,7 @@ from safetensors.torch import load_file
 import dyn.training.loop
 from dyn.errors import NonFiniteLoss
 from dyn.training.distill import distill
-from dyn.training.evolution import Snapshots
+from conftest import snapshots
 from dyn.training.recipe import Recipe
 from dyn.grid.runs import RunSpec
 
@@ -21,7 +23,7 @@ RECIPE = dict(global_batch=128, lr_base=2e-3, lr_base_size=64, warmup_epochs=1, 
 
 def _run(teacher, out, spec, state=None, **recipe):
     return distill([spec], "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}), [out],
-                   state_path=state, snapshots=Snapshots(num_images=8, every=1))[0]
+                   state_path=state, snapshots=snapshots(num_images=8, every=1))[0]
 
 
 def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -187,7 +189,7 @@ def test_teacher_cache_gives_the_same_run(teacher, tmp_path):
 
 def test_non_finite_loss_stops_without_summary(teacher, tmp_path):
     with pytest.raises(NonFiniteLoss, match="epoch 1"):
-        _run(teacher, tmp_path / "nan", RunSpec("spectral", "Last1", float("nan"), 2, 0), state=tmp_path / "s.pt")
+        _run(teacher, tmp_path / "nan", RunSpec("spectral", "Last1", 1e39, 2, 0), state=tmp_path / "s.pt")
     assert not (tmp_path / "nan" / "summary.json").exists()
 
 
@@ -197,7 +199,7 @@ COHORT = [RunSpec("softkd", "none", 0.0, 2, 0), RunSpec("spectral", "First1", 0.
 
 def _cohort(teacher, root, specs, state=None, finished_dir=None, **recipe):
     return distill(specs, "cait_digits", teacher, "deit_digits", DIGITS, Recipe(**{**RECIPE, **recipe}),
-                   [root / spec.run_id for spec in specs], state_path=state, snapshots=Snapshots(num_images=8, every=1),
+                   [root / spec.run_id for spec in specs], state_path=state, snapshots=snapshots(num_images=8, every=1),
                    finished_dir=finished_dir)
 
 
@@ -234,10 +236,10 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
     caches = []
     real_build = SharedTeacher.build_cache
     monkeypatch.setattr(SharedTeacher, "build_cache", lambda self, *a: caches.append(1) or real_build(self, *a))
-    diverging = RunSpec("spectral", "Last1", float("nan"), 2, 0)
+    diverging = RunSpec("spectral", "Last1", 1e39, 2, 0)
     specs = [COHORT[0], diverging]
     state = tmp_path / "cohort.pt"
-    with pytest.raises(NonFiniteLoss, match=f"{diverging.run_id}: non-finite loss in epoch 1") as stop:
+    with pytest.raises(NonFiniteLoss, match=re.escape(f"{diverging.run_id}: non-finite loss in epoch 1")) as stop:
         _cohort(teacher, tmp_path, specs, state=state)
     assert len(caches) == 1, "the teacher cache is built once per cohort"
     assert COHORT[0].run_id not in str(stop.value)
@@ -256,7 +258,7 @@ def test_a_non_finite_loss_stops_one_student_and_a_rerun_does_not_retrain_the_ot
     (tmp_path / COHORT[0].run_id / "summary.json").unlink()
     (tmp_path / COHORT[0].run_id / "student.safetensors").unlink()
     caplog.clear()
-    with pytest.raises(NonFiniteLoss, match=diverging.run_id):
+    with pytest.raises(NonFiniteLoss, match=re.escape(diverging.run_id)):
         _cohort(teacher, tmp_path, specs, state=state)
     assert f"{COHORT[0].run_id}: resumed from {state} after epoch 2 of 2" in caplog.text
     assert f"{COHORT[0].run_id}: epoch" not in caplog.text, "not retrained"
@@ -423,7 +425,7 @@ def test_one_optimiser_step_trains_the_projection_only_under_projector_trained(m
     torch.manual_seed(0)
     teacher_model = timm.create_model("cait_digits").eval()
     task = LayerDistillationTask(timm.create_model("deit_digits"), teacher_model, [(0, 0), (7, 11)], method,
-                                 beta=0.2).train()
+                                 beta=0.2, alpha=0.9, temperature=1.0, label_smoothing=0.0).train()
     optimizer = make_optimizer(task.trainable_module, Recipe(**RECIPE))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     names = {id(p): name for name, p in task.trainable_module.named_parameters()}
@@ -504,17 +506,24 @@ def test_a_pca_run_writes_its_translators_and_ends_as_it_would_alone_in_a_cohort
     assert summaries[0]["pca_explained"][1] == summary["pca_explained"][0]
 
 
-def test_dyn_distill_passes_the_pca_options(tmp_path, monkeypatch):
+def test_dyn_distill_passes_each_runs_method_options(tmp_path, monkeypatch):
     import dyn.training.distill
-    from conftest import dyn_here
+    from conftest import rule_args, dyn_here
 
     seen = {}
     monkeypatch.setattr(dyn.training.distill, "distill", lambda specs, *a, **kw: seen.update(kw, specs=specs) or [])
-    args = ["distill", "--method", "pca", "--layers", "Last1", "--beta", "0.2", "--epochs", "1",
-            "--teacher-arch", "cait_digits", "--teacher-checkpoint", tmp_path / "t.safetensors",
-            "--student-arch", "deit_digits", "--runs-dir", tmp_path]
-    assert dyn_here(args + ["--pca-keep", "0.5", "--pca-images", "64"]).returncode == 0
-    assert (seen["pca_keep"], seen["pca_images"], seen["specs"][0].run_id) == (0.5, 64, "pca_Last1_b0.2_e1_s0")
-    assert dyn_here(args).returncode == 0 and (seen["pca_keep"], seen["pca_images"]) == (0.25, 256)
-    for bad in (["--pca-keep", "0"], ["--pca-keep", "1.5"], ["--pca-images", "0"]):
-        assert dyn_here(args + bad).returncode == 2
+
+    def args(options):
+        runs = [{"method": "pca", "layers": "Last1", "beta": 0.2, "epochs": 1, **options},
+                {"method": "lowpass", "layers": "Last1", "beta": 0.2, "epochs": 1}]
+        return rule_args(["distill", "--runs", json.dumps(runs), "--teacher-arch", "cait_digits",
+                          "--teacher-checkpoint", tmp_path / "t.safetensors", "--student-arch", "deit_digits",
+                          "--runs-dir", tmp_path])
+
+    assert dyn_here(args({"options": {"pca_keep": 0.5, "pca_images": 64}})).returncode == 0
+    pca, lowpass = seen["specs"]
+    assert (pca.run_id, pca.options, lowpass.options) == ("pca_Last1_b0.2_e1_s0", (("pca_images", 64), ("pca_keep", 0.5)),
+                                                          (("lowpass_keep", 0.25),))
+    assert dyn_here(args({})).returncode == 0 and seen["specs"][0].options == (("pca_images", 256), ("pca_keep", 0.25))
+    for bad in ({"pca_keep": 0}, {"pca_keep": 1.5}, {"pca_images": 0}, {"pca_images": 2.5}):
+        assert dyn_here(args({"options": bad})).returncode == 2

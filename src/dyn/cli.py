@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from .analysis.metrics import METRICS
-from .cli_common import (dataset_option, device_option, entropy_range_option, progress, sample_options, setup,
-                         threads_option, train_option, with_options)
+from .cli_common import (bins_option, dataset_option, device_option, entropy_range_option, progress,
+                         sample_options, setup, threads_option, train_option, with_options)
 from .cli_report import report
 from .errors import NonFiniteLoss, UserError
-from .grid.runs import METHODS
 
 log = logging.getLogger("dyn")
 
@@ -26,14 +25,22 @@ def cli():
 cli.add_command(report)  # `dyn report ...` (cli_report.py)
 
 
+def _given(param, value):
+    """A click callback: a flag pair (--x/--no-x) that must be given one way or the other."""
+    if value is None:
+        raise click.MissingParameter(param=param)
+    return value
+
+
 @cli.command()
 @click.option("--name", required=True, help="Model key (as in the config).")
 @click.option("--arch", required=True, help="timm model name.")
 @click.option("--weights", required=True, help="train, hub, a local file or an http(s) URL.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors path.")
-@click.option("--epochs", type=click.IntRange(min=0), default=0, help="Epochs when --weights train.")
-@click.option("--seed", type=int, default=0)
-@click.option("--evaluate/--no-evaluate", default=True, help="Measure validation accuracy.")
+@click.option("--epochs", type=click.IntRange(min=0), required=True, help="Epochs when --weights train.")
+@click.option("--seed", type=int, required=True)
+@click.option("--evaluate/--no-evaluate", default=None, callback=lambda ctx, param, value: _given(param, value),
+              help="Measure validation accuracy, or not (one of them is needed).")
 @click.option("--state", type=click.Path(dir_okay=False), default=None, help="Resumable training state file.")
 @dataset_option
 @train_option
@@ -54,12 +61,12 @@ def fetch(name, arch, weights, out, epochs, seed, evaluate, state, dataset_cfg, 
 @click.option("--arch", required=True, help="timm model name, hf-hub: id or package.module:function.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fetched .safetensors.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nc path.")
-@click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--samples-per-chunk", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--compression-level", type=click.IntRange(0, 9), default=0, show_default=True,
+@click.option("--num-images", type=click.IntRange(min=1), required=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), required=True)
+@click.option("--samples-per-chunk", type=click.IntRange(min=1), required=True)
+@click.option("--compression-level", type=click.IntRange(0, 9), required=True,
               help="zlib level of the NetCDF file (0: uncompressed).")
-@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True,
+@click.option("--split", type=click.Choice(["val", "train"]), required=True,
               help="The split the images come from: val (the analysis) or train (what `auto` layers are chosen on).")
 @click.option("--layers", "layer_globs", multiple=True, help="Module-name glob of the layers (repeatable, e.g. "
               "'blocks.*'): forward hooks on the modules it selects; none: timm's forward_intermediates.")
@@ -84,31 +91,28 @@ def metrics():
     """Per-layer metrics of a capture file, and the phases they show."""
 
 
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
+seed_option = click.option("--seed", type=int, required=True,
                            help="Seed of the controls: the channel orders (spectrum, entropy) and the split of "
                                 "the images (phases).")
 
 
 def _metric_command(name: str):
-    @metrics.command(name, help=f"The per-layer {name} of a capture file.")
     @click.option("--capture", "capture_path", required=True, type=click.Path(dir_okay=False), help="Capture .nc.")
     @click.option("--out", required=True, type=click.Path(dir_okay=False),
                   help="Output .nc (a .csv is written beside).")
-    @click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True,
-                  help="Entropy histogram bins.")
-    @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Threads of the spectrum's FFT.")
-    @entropy_range_option
-    @seed_option
-    def command(capture_path, out, bins, threads, entropy_range, seed):
+    @click.option("--threads", type=click.IntRange(min=1), required=True, help="Threads of the spectrum's FFT.")
+    def command(capture_path, out, threads, **controls):  # entropy: --bins, --entropy-range; --seed
         setup(None)  # no torch here
         from .analysis.metric_files import write_metric
 
-        write_metric(capture_path, name, out, bins=bins, progress=progress(), workers=threads,
-                     entropy_range=entropy_range, permutation_seed=seed)
+        write_metric(capture_path, name, out, progress=progress(), workers=threads,
+                     **{"permutation_seed" if key == "seed" else key: value for key, value in controls.items()})
         log.info("wrote %s", out)
 
-    return command
+    # The options each metric uses: the entropy's bins and range; the channel-order controls' seed.
+    options = {"spectrum": [seed_option], "entropy": [bins_option, entropy_range_option, seed_option]}
+    return metrics.command(name, help=f"The per-layer {name} of a capture file.")(
+        with_options(options.get(name, []))(command))
 
 
 for _name in METRICS:
@@ -120,9 +124,9 @@ for _name in METRICS:
 @click.option("--magnitude", "magnitude_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--spectrum", "spectrum_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .csv (a .nc is written beside).")
-@click.option("--min-rise", type=click.FloatRange(min=0), default=0.05, show_default=True,
+@click.option("--min-rise", type=click.FloatRange(min=0), required=True,
               help="Smallest rise (bits) of each end above the bottleneck that counts towards a U.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), required=True,
               help="Level of each one-sided rise test: the U's false-positive rate.")
 @seed_option
 def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, alpha, seed):
@@ -136,25 +140,12 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, a
 
 
 @cli.command()
-@click.option("--runs", "runs_json", default=None,
-              help='The students of a cohort as a JSON list, e.g. \'[{"method": "softkd"}, {"method": "spectral", '
-                   '"layers": "First1", "beta": 0.2}]\'; or one student by --method, --layers and --beta.')
-@click.option("--method", type=click.Choice(METHODS), default=None, help="One student's method (without --runs).")
-@click.option("--layers", "layer_spec", default="none", show_default=True, help="Layer spec, e.g. First1+Last1.")
-@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Weight of the feature loss.")
+@click.option("--runs", "runs_json", required=True,
+              help='The students as a JSON list of run specs (dyn.grid.runs.RunSpec.to_dict), e.g. \'[{"method": '
+                   '"softkd", "epochs": 30}, {"method": "spectral", "layers": "First1", "beta": 0.2, "epochs": 30}]\'; '
+                   'also "seed" (one for all), and "options" (the method\'s: lowpass_keep; pca_keep, pca_images).')
 @click.option("--teacher-phases", type=click.Path(dir_okay=False), default=None,
               help="The teacher's phases.csv, for the layer specs auto and autoK.")
-@click.option("--lowpass-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
-              help="Method lowpass: share of channel frequencies kept of the teacher's maps.")
-@click.option("--pca-keep", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
-              help="Method pca: share of each aligned teacher layer's principal directions kept "
-                   "(max(1, ceil(keep x channels))).")
-@click.option("--pca-images", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Method pca: training images (a seeded subset, no augmentation) the principal directions are "
-                   "estimated on; all of them if fewer.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs of the run (with --runs: of each entry without its own 'epochs').")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--teacher-arch", required=True)
 @click.option("--teacher-checkpoint", required=True, type=click.Path(dir_okay=False))
 @click.option("--student-arch", required=True)
@@ -167,41 +158,32 @@ def metrics_phases(entropy_path, magnitude_path, spectrum_path, out, min_rise, a
 @click.option("--finished-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each finished run here, and restore instead of training a run kept under the same "
                    "configuration, code and library versions.")
-@click.option("--num-images", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--num-images", type=click.IntRange(min=1), required=True,
               help="Fixed validation images for the entropy snapshots.")
-@click.option("--bins", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--evolution-every", type=click.IntRange(min=0), default=30, show_default=True)
+@bins_option
+@click.option("--evolution-every", type=click.IntRange(min=0), required=True)
 @entropy_range_option
 @with_options(sample_options)
 @dataset_option
 @train_option
 @device_option
 @threads_option
-def distill(runs_json, method, layer_spec, beta, teacher_phases, lowpass_keep, pca_keep, pca_images, epochs, seed,
-            teacher_arch, teacher_checkpoint, student_arch, teacher_layers, student_layers, runs_dir, state,
-            finished_dir, num_images, bins, evolution_every, entropy_range, sample, sample_seed, transform, dataset_cfg,
-            train_cfg, device, threads):
+def distill(runs_json, teacher_phases, teacher_arch, teacher_checkpoint, student_arch, teacher_layers, student_layers,
+            runs_dir, state, finished_dir, num_images, bins, evolution_every, entropy_range, sample, sample_seed,
+            transform, dataset_cfg, train_cfg, device, threads):
     """Train a cohort of students (SoftKD, SpectralKD, ProjectorKD, low-pass or PCA SpectralKD) on one data
     stream and one teacher forward, or one student, and write each run's directory."""
     setup(threads)
     from .training.distill import Snapshots, distill as run_distill
     from .training.recipe import Recipe
-    from .grid.runs import RunSpec, cohort_from_json
+    from .grid.runs import runs_from_json
 
-    if (runs_json is None) == (method is None):
-        raise UserError("give the students either as --runs (a JSON list) or one by --method, not both or neither")
-    if runs_json is not None and (layer_spec != "none" or beta != 0.0):
-        raise UserError("--layers and --beta go with --method; with --runs each entry has its own")
-    if runs_json is None and epochs is None:
-        raise UserError("--method needs --epochs")
-    specs = (cohort_from_json(runs_json, epochs, seed) if runs_json is not None
-             else [RunSpec(method, layer_spec, beta, epochs, seed)])
+    specs = runs_from_json(runs_json)
     snapshots = Snapshots(num_images, bins, evolution_every, sample, sample_seed, entropy_range, transform)
     summaries = run_distill(specs, teacher_arch, teacher_checkpoint, student_arch, dataset_cfg,
                             Recipe.from_dict(train_cfg), [Path(runs_dir) / spec.run_id for spec in specs],
                             state_path=state, snapshots=snapshots, device=device, teacher_phases=teacher_phases,
-                            lowpass_keep=lowpass_keep, finished_dir=finished_dir, pca_keep=pca_keep,
-                            pca_images=pca_images, teacher_layers=teacher_layers, student_layers=student_layers)
+                            finished_dir=finished_dir, teacher_layers=teacher_layers, student_layers=student_layers)
     for summary in summaries or []:  # None on the other processes of a data-parallel run
         log.info("run %s: top1 %.2f top5 %.2f", summary["run"], summary["top1"], summary["top5"])
 

@@ -35,23 +35,27 @@ def progress() -> bool:
     return sys.stderr.isatty()
 
 
-dataset_option = click.option("--dataset", "dataset_cfg", callback=json_object, default=None,
-                              help='Dataset config as JSON, e.g. \'{"name": "digits"}\'.')
-train_option = click.option("--train", "train_cfg", callback=json_object, default=None,
-                            help="Training recipe as JSON (keys of the config's train section).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+# The options the workflow's rules always pass are required and have no default here: each value's default
+# lives once, in the config schema (workflow/schemas/config.schema.yaml), which names the same keys.
+dataset_option = click.option("--dataset", "dataset_cfg", callback=json_object, required=True,
+                              help='The config\'s dataset section as JSON, e.g. \'{"name": "digits"}\' '
+                                   '(the schema fills in the rest).')
+train_option = click.option("--train", "train_cfg", callback=json_object, required=True,
+                            help="The config's train section as JSON, every key (as the schema fills it in).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), required=True, help="CPU threads for torch.")
 sample_options = [
-    click.option("--sample", type=click.Choice(["stratified", "first"]), default="stratified", show_default=True,
+    click.option("--sample", type=click.Choice(["stratified", "first"]), required=True,
                  help="How the fixed validation images are chosen: round-robin over classes, or the first N."),
-    click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of the stratified choice."),
-    click.option("--transform", type=click.Choice(["model", "imagenet"]), default="model", show_default=True,
+    click.option("--sample-seed", type=int, required=True, help="Seed of the stratified choice."),
+    click.option("--transform", type=click.Choice(["model", "imagenet"]), required=True,
                  help="The images' transform: each model's own timm evaluation transform, or the authors' "
                       "(Resize 256 bilinear, CenterCrop 224, ImageNet mean and std)."),
 ]
 entropy_range_option = click.option(
-    "--entropy-range", type=click.Choice(["global", "vector"]), default="global", show_default=True,
-    help="The entropy's 100 bins span the min..max of all layers and images (the authors' code) or each "
+    "--entropy-range", type=click.Choice(["global", "vector"]), required=True,
+    help="The entropy's bins span the min..max of all layers and images (global: the authors' code) or each "
          "channel vector's own.")
+bins_option = click.option("--bins", type=click.IntRange(min=1), required=True, help="Entropy histogram bins.")
 
 
 def with_options(options):
@@ -61,4 +65,4 @@ def with_options(options):
             function = option(function)
         return function
     return decorate
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+device_option = click.option("--device", required=True, help="auto, cpu, cuda or cuda:N.")

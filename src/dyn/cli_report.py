@@ -28,7 +28,7 @@ def report_table(summaries, out):
     log.info("wrote %s (%d runs)", out, len(rows))
 
 
-formats_option = click.option("--formats", default="png,pdf", show_default=True,
+formats_option = click.option("--formats", required=True,
                               help="Comma-separated figure formats (png, pdf, svg).")
 
 

@@ -25,13 +25,9 @@ for cohort_id, specs in COHORTS.items():
         conda:
             "../envs/dyn.yaml"
         params:
-            runs=as_json([{"method": s.method, "layers": s.layers, "beta": s.beta, "epochs": s.epochs} for s in specs]),
-            seed=specs[0].seed,
+            # every field of each run spec (method options included: each its own method's)
+            runs=as_json([spec.to_dict() for spec in specs]),
             phases=lambda wc, input: f"--teacher-phases {input.phases}" if input.phases else "",
-            keep=config["distill"]["lowpass_keep"],
-            # only where a student needs them: the other cohorts' jobs do not rerun when they change
-            pca=(f"--pca-keep {config['distill']['pca_keep']} --pca-images {config['distill']['pca_images']}"
-                 if any(s.method == "pca" for s in specs) else ""),
             teacher_arch=MODELS[TEACHER]["arch"],
             student_arch=MODELS[STUDENT]["arch"],
             layers=" ".join(filter(None, (layer_options("--teacher-layers", TEACHER),
@@ -64,9 +60,7 @@ for cohort_id, specs in COHORTS.items():
             # in a loop
             **distill_resources(),
         shell:
-            "{params.launch} distill --runs {params.runs:q} --seed {params.seed}"
-            " {params.phases} --lowpass-keep {params.keep}"
-            " {params.pca}"
+            "{params.launch} distill --runs {params.runs:q} {params.phases}"
             " --teacher-arch {params.teacher_arch:q} --teacher-checkpoint {input.teacher}"
             " --student-arch {params.student_arch:q} {params.layers} --runs-dir results/runs --state {params.state}"
             " {params.finished}"

@@ -127,10 +127,9 @@ def capture(model: "torch.nn.Module", images: "Dataset", path: str | os.PathLike
 
 
 def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out: str | os.PathLike,
-                       dataset_cfg: dict, num_images: int = 64, dtype: str = "float32", samples_per_chunk: int = 16,
-                       compression_level: int = 0, device: str = "auto", sample: str = "stratified",
-                       sample_seed: int = 0, progress: bool = False, transform: str = "model",
-                       split: str = "val", layers: list[str] | None = None) -> Path:
+                       dataset_cfg: dict, num_images: int, dtype: str, samples_per_chunk: int,
+                       compression_level: int, device: str, sample: str, sample_seed: int, progress: bool = False,
+                       transform: str = "model", split: str = "val", layers: list[str] | None = None) -> Path:
     """`dyn capture`: a fetched checkpoint's activations on fixed images of the validation split (the
     analysis) or of the training split (what `auto` layer selection reads, so that the layers a student
     is evaluated with were not chosen on its validation images); `sample`: stratified over the classes,

@@ -53,7 +53,8 @@ def iid_layers(rng: np.random.Generator, widths, images: int = 32, positions: in
     return [rng.standard_normal((images, c, positions)).astype(np.float32) for c in widths]
 
 
-def per_image_entropies(layers: list[np.ndarray], matched: bool, seed: int = 0, bins: int = 100) -> np.ndarray:
+def per_image_entropies(layers: list[np.ndarray], matched: bool, seed: int = 0,
+                        bins: int = metrics.DEFAULT_BINS) -> np.ndarray:
     """Each image's mean entropy per layer (layers, images) over the layers' global range, in raw bits or
     on vectors of the narrowest width (the width control)."""
     bounds = metrics.global_range(layers)

@@ -112,7 +112,7 @@ def phases_dataset(entropy_path: str | Path, magnitude_path: str | Path, spectru
 
     ent, mag, spec = _load(entropy_path, magnitude_path, spectrum_path)
     entropy, channels, attrs = ent["entropy"].values, spec["channels"].values.astype(int), dict(ent.attrs)
-    layers, bins = len(entropy), int(attrs.get("bins", 100))
+    layers, bins = len(entropy), int(attrs["bins"])
     matched = "sample_entropy_matched" in ent
     tested = ent["sample_entropy_matched" if matched else "sample_entropy"].values
     scale = (f"bits, each layer's vectors cut to the narrowest width ({attrs.get('matched_channels')} channels)"

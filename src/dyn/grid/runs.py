@@ -8,32 +8,48 @@ from dataclasses import dataclass
 
 from . import layers
 from ..errors import UserError
+from ..training.methods import method as method_of  # no torch: a leaf module
 
-# projector: ProjectorKD as the authors' code runs it (frozen random projection); projector_trained: its
-# projection trained, as the paper describes it; lowpass: SpectralKD against a low-passed teacher; pca:
-# SpectralKD against the teacher projected onto its top principal directions (order-free).
-# The order is the report's: Table 1's rows sort by METHODS.index.
-METHODS = ("softkd", "spectral", "projector", "projector_trained", "lowpass", "pca")
+FIELDS = ("method", "layers", "beta", "epochs", "seed", "options")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One point of the grid: (method, aligned layers, beta, epochs, seed)."""
+    """One point of the grid: (method, aligned layers, beta, epochs, seed) and the method's options.
+
+    The defaults here are the library's, for a run spec given without a config (`dyn distill --runs`);
+    a config's come from the schema (a test holds the two in step). Every field is checked here, where it
+    enters from a config or the command line; `options` holds the method's options, each given or its
+    default (training/methods.py), as sorted (name, value) pairs."""
 
     method: str
     layers: str = "none"
     beta: float = 0.0
     epochs: int = 1
     seed: int = 0
+    options: tuple[tuple[str, float | int], ...] = ()
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}': valid methods are {', '.join(METHODS)}")
+        known = method_of(self.method)
         layers.check_syntax(self.layers)
-        if self.method != "softkd" and layers.slug(self.layers) == "none":
+        if known.aligned and layers.slug(self.layers) == "none":
             raise UserError(f"method '{self.method}' needs aligned layers (e.g. First1+Last1), got '{self.layers}'")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not (
+                math.isfinite(self.beta) and self.beta >= 0):
+            raise UserError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        for name, value in (("epochs", self.epochs), ("seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1:
             raise UserError(f"epochs must be at least 1, got {self.epochs}")
+        given = dict(self.options)
+        unknown = sorted(set(given) - set(known.options))
+        if unknown:
+            raise UserError(f"method '{self.method}' has no option {', '.join(unknown)}; its options are "
+                            f"{', '.join(known.options) or 'none'}")
+        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "options", tuple(sorted(
+            (name, option.check(name, given.get(name, option.default))) for name, option in known.options.items())))
 
     @property
     def run_id(self) -> str:
@@ -42,11 +58,32 @@ class RunSpec:
             return f"softkd_none_b0_e{self.epochs}_s{self.seed}"
         return f"{self.method}_{layers.slug(self.layers)}_b{self.beta:g}_e{self.epochs}_s{self.seed}"
 
+    def option(self, name: str) -> float | int:
+        return dict(self.options)[name]
 
-def cohort_from_json(text: str, epochs: int | None, seed: int) -> list[RunSpec]:
-    """The students of a cohort from `dyn distill --runs`: a JSON list of {"method", "layers", "beta",
-    "epochs"}; a run without its own `epochs` takes `epochs`."""
-    example = '[{"method": "softkd"}, {"method": "spectral", "layers": "First1", "beta": 0.2}]'
+    def to_dict(self) -> dict:
+        """Every field, `options` as a dict: what the workflow passes to `dyn distill --runs`."""
+        return {"method": self.method, "layers": self.layers, "beta": self.beta, "epochs": self.epochs,
+                "seed": self.seed, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "RunSpec":
+        """The spec of `to_dict`; `method` and `epochs` are needed, the rest defaults as above."""
+        if not isinstance(fields, dict) or "method" not in fields or "epochs" not in fields:
+            raise UserError(f"a run spec needs 'method' and 'epochs', got {json.dumps(fields)}")
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise UserError(f"a run spec has no field {', '.join(unknown)}; its fields are {', '.join(FIELDS)}")
+        options = fields.get("options", {})
+        if not isinstance(options, dict):
+            raise UserError(f"a run spec's options are a JSON object, got {json.dumps(options)}")
+        return cls(**{**fields, "options": tuple(options.items())})
+
+
+def runs_from_json(text: str) -> list[RunSpec]:
+    """The students of a cohort from `dyn distill --runs`: a JSON list of run specs (`RunSpec.to_dict`)."""
+    example = ('[{"method": "softkd", "epochs": 30}, {"method": "spectral", "layers": "First1", "beta": 0.2, '
+               '"epochs": 30}]')
     try:
         runs = json.loads(text)
     except json.JSONDecodeError as error:
@@ -55,16 +92,10 @@ def cohort_from_json(text: str, epochs: int | None, seed: int) -> list[RunSpec]:
         raise UserError(f"--runs must be a non-empty JSON list of objects, like {example}")
     specs = []
     for run in runs:
-        unknown = sorted(set(run) - {"method", "layers", "beta", "epochs"})
-        beta, run_epochs = run.get("beta", 0.0), run.get("epochs", epochs)
-        if unknown or "method" not in run:
-            raise UserError(f"--runs entry {json.dumps(run)}: needs 'method', may have 'layers', 'beta' and "
-                            f"'epochs' (not {', '.join(unknown) or 'nothing else'})")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-            raise UserError(f"--runs entry {json.dumps(run)}: beta must be a number >= 0")
-        if isinstance(run_epochs, bool) or not isinstance(run_epochs, int):
-            raise UserError(f"--runs entry {json.dumps(run)}: needs its 'epochs' (an integer >= 1) or --epochs")
-        specs.append(RunSpec(run["method"], run.get("layers", "none"), float(beta), run_epochs, seed))
+        try:
+            specs.append(RunSpec.from_dict(run))
+        except (UserError, TypeError) as error:
+            raise UserError(f"--runs entry {json.dumps(run)}: {error}") from None
     return specs
 
 

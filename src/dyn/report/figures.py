@@ -20,7 +20,7 @@ from ..errors import UserError  # noqa: E402
 from ..files import load_netcdf, read_json, unreadable  # noqa: E402
 from ..paper import paper_curve, paper_entropy, setup_of  # noqa: E402
 from ..atomic import atomic_path  # noqa: E402
-from ..grid.runs import METHODS  # noqa: E402
+from ..training.methods import METHODS  # noqa: E402
 
 PAPER_GID = "paper"  # the gid of every line drawn from the authors' numbers (tests look for it)
 BAND_GID = "bootstrap"  # the profiles figure's per-model 95% bootstrap bands over the images
@@ -303,7 +303,7 @@ def curves_figure(summary_files: Sequence[str | Path], metric: str = "top1"):
         groups.setdefault(key, []).append((setup, read_run_log(Path(path).with_name("log.csv"), column)))
     if not groups:
         raise UserError("no run summaries given: the curves figure needs at least one summary.json")
-    order = sorted(groups, key=lambda k: (k[3], METHODS.index(k[0]) if k[0] in METHODS else len(METHODS),
+    order = sorted(groups, key=lambda k: (k[3], list(METHODS).index(k[0]) if k[0] in METHODS else len(METHODS),
                                           k[1], k[2], str(k[4]), str(k[5])))
     cols = min(3, len(order))
     rows = int(np.ceil(len(order) / cols))

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..files import read_json
 from ..paper import paper_curve, setup_of
 from ..atomic import write_text
-from ..grid.runs import METHODS
+from ..training.methods import METHODS
 
 COLUMNS = ("run", "method", "layers", "beta", "epochs", "seed", "top1", "top5", "best_top1", "delta_top1",
            "best_delta_top1", "paper_top1_at_epoch")
@@ -41,7 +41,7 @@ PAPER_TOP1 = {
 
 
 def _order(row: dict) -> tuple:
-    return row["epochs"], METHODS.index(row["method"]), row["layers"], row["beta"], row.get("seed", 0)
+    return row["epochs"], list(METHODS).index(row["method"]), row["layers"], row["beta"], row.get("seed", 0)
 
 
 def table1_rows(summaries: list[dict]) -> list[dict]:

@@ -33,6 +33,7 @@ from ..grid import layers
 from ..atomic import write_json
 from ..grid.runs import RunSpec
 from . import distributed, finished, translators
+from .methods import METHODS
 from .batches import split_batches
 from .evolution import Snapshots, layer_profile, write_evolution
 from .loop import Loop, Member, fit, raise_if_stopped
@@ -67,27 +68,23 @@ class RunSetup:
     dataset_cfg: dict
     recipe: Recipe
     snapshots: Snapshots
-    lowpass_keep: float = 0.25
-    pca_keep: float = 0.25
-    pca_images: int = 256
     teacher_layers: tuple[str, ...] = ()  # module-name globs; none: timm's forward_intermediates
     student_layers: tuple[str, ...] = ()
 
     def fingerprint(self, world_size: int) -> str:
-        # The pca settings only in a pca run's: changing them does not retrain (or un-resume) the others;
-        # layer globs only where there are some, so that the runs of timm models keep their keys.
-        pca = (self.pca_keep, self.pca_images) if self.spec.method == "pca" else ()
+        # The spec holds its own method's options only: changing another method's does not retrain (or
+        # un-resume) a run; layer globs only where there are some.
         globs = (self.teacher_layers, self.student_layers) if self.teacher_layers or self.student_layers else ()
-        return fingerprint_of(self.spec, self.pairs, self.teacher_arch, self.teacher_sha256, self.student_arch,
-                              self.dataset_cfg, self.recipe.result_dict(), dataclasses.asdict(self.snapshots),
-                              self.lowpass_keep, *pca, *globs, world_size)
+        return fingerprint_of(self.spec.to_dict(), self.pairs, self.teacher_arch, self.teacher_sha256,
+                              self.student_arch, self.dataset_cfg, self.recipe.result_dict(),
+                              dataclasses.asdict(self.snapshots), *globs, world_size)
 
 
 def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str, teacher_phases: str | Path | None = None,
                   student_layers: Sequence[str] = (), teacher_layers: Sequence[str] = ()) -> list[tuple[int, int]]:
     """The spec's (student, teacher) block pairs, checked against both models' depths; `auto` specs
     read the teacher's bottleneck from its phases.csv."""
-    if spec.method == "softkd":
+    if not METHODS[spec.method].aligned:
         return []
     bottleneck = None
     if layers.is_auto(spec.layers):
@@ -101,10 +98,9 @@ def aligned_pairs(spec: RunSpec, student_arch: str, teacher_arch: str, teacher_p
 
 
 def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str | Path, student_arch: str,
-            dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], state_path: str | Path | None = None,
-            snapshots: Snapshots = Snapshots(), device: str = "auto", teacher_phases: str | Path | None = None,
-            lowpass_keep: float = 0.25, finished_dir: str | Path | None = None, pca_keep: float = 0.25,
-            pca_images: int = 256, teacher_layers: Sequence[str] = (),
+            dataset_cfg: dict, recipe: Recipe, out_dirs: Sequence[str | Path], *, snapshots: Snapshots,
+            state_path: str | Path | None = None, device: str = "auto", teacher_phases: str | Path | None = None,
+            finished_dir: str | Path | None = None, teacher_layers: Sequence[str] = (),
             student_layers: Sequence[str] = ()) -> list[dict] | None:
     """Train a cohort of students of one teacher, one architecture and one seed (one spec: a plain run),
     each for its own epochs; write each run's directory (`out_dirs`, in the order of `specs`); return their
@@ -114,10 +110,8 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     student draws its randomness from its own stream, so it ends exactly as it would alone. A student
     whose loss is not finite stops, the others finish and are written, then NonFiniteLoss names it.
     Under torchrun this is data-parallel: every process trains its shard, the main one writes files.
-    `teacher_phases`: the teacher's phases.csv, for `auto` layer specs; `lowpass_keep`: the share of
-    channel frequencies the `lowpass` method keeps of the teacher's maps; `pca_keep`, `pca_images`: the
-    share of each aligned teacher layer's principal directions the `pca` method keeps, and the number of
-    training images they are estimated on (once per cohort, before training); `finished_dir`: where
+    `teacher_phases`: the teacher's phases.csv, for `auto` layer specs (each spec holds its method's
+    options, such as `lowpass_keep`; training/methods.py); `finished_dir`: where
     finished runs are kept, and from where a run finished before under the same key is restored, not trained;
     `teacher_layers`, `student_layers`: module-name globs of the models' layers (forward hooks), if any.
     """
@@ -131,8 +125,7 @@ def distill(specs: Sequence[RunSpec], teacher_arch: str, teacher_checkpoint: str
     try:
         teacher_sha256 = sha256_of(existing_checkpoint(teacher_checkpoint))
         setups = [RunSetup(spec, spec_pairs, teacher_arch, str(teacher_checkpoint), teacher_sha256, student_arch,
-                           dataset_cfg, recipe, snapshots, lowpass_keep, pca_keep, pca_images, tuple(teacher_layers),
-                           tuple(student_layers))
+                           dataset_cfg, recipe, snapshots, tuple(teacher_layers), tuple(student_layers))
                   for spec, spec_pairs in zip(specs, pairs)]
         keys = [finished.reuse_key(setup.fingerprint(world.size), world.device.type) for setup in setups]
         kept = [finished_dir is not None and finished.is_kept(finished_dir, spec.run_id, key)
@@ -216,8 +209,7 @@ def _build_cohort(setups: list[RunSetup], world, precision: Precision):
             tasks.append(LayerDistillationTask(student, teacher, setup.pairs, setup.spec.method, alpha=recipe.alpha,
                                                temperature=recipe.temperature, beta=setup.spec.beta,
                                                label_smoothing=recipe.label_smoothing, device=world.device,
-                                               lowpass_keep=setup.lowpass_keep,
-                                               pca_keep=setup.pca_keep).to(world.device))
+                                               options=dict(setup.spec.options)).to(world.device))
         streams.append(stream)
         if world.is_main:
             log.info("run %s: %s <- %s, pairs (student, teacher) %s, %d process(es) on %s", setup.spec.run_id,
@@ -267,7 +259,7 @@ def _write_run(out_dir: Path, member: Member, setup: RunSetup, world, wall_secon
         save_weights(task.get_eval_model(ema=True), out_dir / "student_ema.safetensors")
     if task.projector() is not None:
         save_weights(task.projector(), out_dir / "projector.safetensors")
-    if spec.method == "pca":
+    if METHODS[spec.method].estimate == "pca":
         translators.write_pca(out_dir / "pca.safetensors", task)
     if not live_written:
         write_best(out_dir, member.best)
@@ -307,8 +299,8 @@ def _summary(setup: RunSetup, history, world, wall_seconds: float, cohort: list[
         "lr_rule": f"lr_base {recipe.lr_base} x global batch {recipe.global_batch} / {recipe.lr_base_size}",
         "recipe": recipe.to_dict(), "dataset": setup.dataset_cfg, "teacher_checkpoint": setup.teacher_checkpoint,
         "teacher_sha256": setup.teacher_sha256, "snapshots": dataclasses.asdict(setup.snapshots),
-        **({"lowpass_keep": setup.lowpass_keep} if spec.method == "lowpass" else {}),
-        **(translators.pca_summary(task) if spec.method == "pca" else {}),
+        **dict(spec.options),  # the method's options (lowpass_keep; pca_keep, pca_images)
+        **(translators.pca_summary(task) if METHODS[spec.method].estimate == "pca" else {}),
         "versions": {"dyn": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "git_commit": _git_commit(), "device": str(world.device), "devices": _device_names(world),

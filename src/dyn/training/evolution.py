@@ -20,13 +20,14 @@ class Snapshots:
     transform, so students and analysed models see the same images), with how many entropy bins over
     which range, how often."""
 
-    num_images: int = 64
-    bins: int = metrics.DEFAULT_BINS
-    every: int = 0             # epochs between snapshots; 0: only before the first and after the last
-    sample: str = "stratified"
-    sample_seed: int = 0
-    entropy_range: str = "global"  # one range over all of the student's layers and images, or each vector's
-    transform: str = "model"       # the student's own evaluation transform, or the authors' `imagenet`
+    num_images: int
+    bins: int
+    every: int                 # epochs between snapshots; 0: only before the first and after the last
+    sample: str                # stratified or first
+    sample_seed: int
+    entropy_range: str         # global: one range over all of the student's layers and images; vector: each vector's
+    transform: str             # model: the student's own evaluation transform; imagenet: the authors'
+    # No defaults: the workflow passes the config's (the schema's defaults), tests build them from the schema.
 
     def images(self, dataset_cfg: dict, model: nn.Module, recipe) -> torch.Tensor:
         """The snapshot images, through the analysis transform."""

@@ -49,6 +49,7 @@ TRAINING_CODE = {
     "training/evaluation.py": "validation top-1/top-5 and loss (which epoch is best)",
     "training/task.py": "the distillation task: which maps meet which, with what loss",
     "training/losses.py": "the feature losses",
+    "training/methods.py": "the method registry: what each method aligns, its loss, translator and options",
     "training/translators.py": "the pca translator's estimate from training images",
     "training/recipe.py": "optimiser, scheduler, recipe defaults",
     "training/batches.py": "the batches: order, sharding, repeated augmentation",

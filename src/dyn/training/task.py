@@ -16,7 +16,7 @@ from timm.task import DistillationTeacher, LogitDistillationTask
 
 from . import losses
 from ..models import features, layer_channels
-from ..grid.runs import METHODS
+from .methods import method as method_of
 
 
 class AlignedStudent(nn.Module):
@@ -41,23 +41,21 @@ class AlignedStudent(nn.Module):
         return {f"student.{name}" for name in inner}
 
 
-PROJECTOR_METHODS = ("projector", "projector_trained")
-
-
 class LayerDistillationTask(LogitDistillationTask):
-    """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps); L_feat is
-    SpectralKD's (`spectral`), ProjectorKD's with a frozen random projection as the authors' code runs it
-    (`projector`) or with a trained one as the paper describes it (`projector_trained`), or SpectralKD's
-    against the teacher's maps low-passed along channels (`lowpass`) or projected onto their top principal
-    directions (`pca`: `set_translators` gives the estimate, once, before training)."""
+    """L = (1 - alpha) CE + alpha T^2 KL(teacher || student) + beta * L_feat(aligned maps), where the
+    method (training/methods.py) gives L_feat, a transform of the teacher's maps before it, a projector of
+    the student's, and `options` (a run spec's `options`; a missing one takes its default). A `pca` task needs
+    its translators (`set_translators`, once, before training)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]],
-                 method: str = "softkd", alpha: float = 0.9, temperature: float = 1.0, beta: float = 0.0,
-                 label_smoothing: float = 0.0, device: torch.device | None = None, lowpass_keep: float = 0.25,
-                 pca_keep: float = 0.25):
-        if method not in METHODS:
-            raise ValueError(f"unknown method '{method}': valid methods are {', '.join(METHODS)}")
-        if method == "softkd":
+    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: Sequence[tuple[int, int]], method: str, *,
+                 alpha: float, temperature: float, beta: float, label_smoothing: float,
+                 device: torch.device | None = None, options: dict | None = None):
+        spec = method_of(method)  # what the method needs
+        options = dict(options or {})
+        if set(options) - set(spec.options):
+            raise ValueError(f"method '{method}' takes the options {sorted(spec.options)}, got {sorted(options)}")
+        options = {name: options.get(name, option.default) for name, option in spec.options.items()}
+        if not spec.aligned:
             pairs = []
         elif not pairs:
             raise ValueError(f"method '{method}' needs at least one aligned layer pair")
@@ -66,20 +64,19 @@ class LayerDistillationTask(LogitDistillationTask):
             teacher = DistillationTeacher(teacher, device=device)
         super().__init__(student, teacher, criterion_kwargs=dict(smoothing=label_smoothing),
                          task_loss_weight=1.0 - alpha, temperature=temperature, device=device, verbose=False)
-        self.method = method
+        self.method, self.definition = method, spec
         self.beta = beta
-        self.lowpass_keep = lowpass_keep
-        self.pca_keep = pca_keep
+        self.options = options
         self.translators: dict[int, losses.ChannelPCA] = {}  # `pca`: per aligned teacher layer
         self.translator_images: int | None = None  # `pca`: the number of images they were estimated on
         self.pairs = list(pairs)
         self.teacher_layers = [t for _, t in self.pairs]
         student_layers = [s for s, _ in self.pairs]
         projector = None
-        if method in PROJECTOR_METHODS:  # drawn from the caller's random stream, after the student
+        if spec.projector is not None:  # drawn from the caller's random stream, after the student
             projector = losses.ChannelProjector(layer_channels(student, student_layers),
                                                 layer_channels(teacher.model, self.teacher_layers),
-                                                trainable=method == "projector_trained").to(self.device)
+                                                trainable=spec.projector == "trained").to(self.device)
         self.trainable_module = AlignedStudent(student, student_layers, projector)
 
     # -- the loss --------------------------------------------------------------------------------
@@ -92,15 +89,9 @@ class LayerDistillationTask(LogitDistillationTask):
         total = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
         result = {"output": logits, "task_loss": task_loss, "kd_loss": kd_loss}
         if self.pairs:
-            if self.method == "lowpass":  # the encoding translator, then SpectralKD
-                teacher_maps = [losses.lowpass_channels(m, self.lowpass_keep) for m in teacher_maps]
-            elif self.method == "pca":  # the order-free translator, then SpectralKD
-                teacher_maps = [losses.pca_project(m, *self._translator(t)[:2])
-                                for m, t in zip(teacher_maps, self.teacher_layers)]
-            if self.method in PROJECTOR_METHODS:  # `maps` are projected and normalised already
-                feature_loss = losses.projector_loss(maps, teacher_maps, self.projector().teacher_norms)
-            else:
-                feature_loss = losses.spectral_loss(maps, teacher_maps)
+            if self.definition.teacher_transform is not None:  # an encoding translator
+                teacher_maps = self.definition.teacher_transform(self, teacher_maps)
+            feature_loss = self.definition.feature_loss(self, maps, teacher_maps)
             total = total + self.beta * feature_loss
             result["feat_loss"] = feature_loss
         result["loss"] = total
@@ -118,7 +109,7 @@ class LayerDistillationTask(LogitDistillationTask):
                             for layer in self.teacher_layers}
         self.translator_images = images
 
-    def _translator(self, layer: int) -> losses.ChannelPCA:
+    def translator(self, layer: int) -> losses.ChannelPCA:
         if layer not in self.translators:
             raise RuntimeError("method 'pca' needs the teacher's principal directions: call set_translators "
                                "(SharedTeacher.estimate_pca) before training")

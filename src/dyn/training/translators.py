@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..data import build_dataset, build_transform, stack
+from .methods import METHODS
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -35,21 +36,21 @@ def estimate_translators(setups: list[RunSetup], tasks: list[LayerDistillationTa
     """Give each `pca` student its teacher layers' principal directions, estimated once per (layer, keep)
     for the whole cohort before training, from the cohort seed's subset of training images. Nothing here
     draws from a random stream: a student's estimate is the same alone and in any cohort."""
-    wanted = [(setup, task) for setup, task in zip(setups, tasks) if setup.spec.method == "pca"]
+    wanted = [(setup.spec.option("pca_keep"), setup.spec.option("pca_images"), task)
+              for setup, task in zip(setups, tasks) if METHODS[setup.spec.method].estimate == "pca"]
     if not wanted:
         return
     started = time.perf_counter()
     recipe, estimates, used = setups[0].recipe, {}, {}
-    for n in sorted({setup.pca_images for setup, _ in wanted}):
+    for n in sorted({images for _, images, _ in wanted}):
         subset = pca_subset(setups[0].dataset_cfg, student, recipe, n, setups[0].spec.seed)
         used[n] = len(subset)
-        requests = {(layer, setup.pca_keep) for setup, task in wanted if setup.pca_images == n
-                    for layer in task.teacher_layers}
+        requests = {(layer, keep) for keep, images, task in wanted if images == n for layer in task.teacher_layers}
         found = shared.estimate_pca(stack(subset)[0], requests, recipe.eval_batch_size, world.device)
         estimates.update({(layer, keep, n): pca for (layer, keep), pca in found.items()})
-    for setup, task in wanted:
-        task.set_translators({layer: estimates[(layer, setup.pca_keep, setup.pca_images)]
-                              for layer in task.teacher_layers}, images=used[setup.pca_images])
+    for keep, images, task in wanted:
+        task.set_translators({layer: estimates[(layer, keep, images)] for layer in task.teacher_layers},
+                             images=used[images])
     if world.is_main:
         log.info("pca: the teacher's principal directions from %s training image(s) in %.2f s: %s",
                  ", ".join(map(str, used.values())), time.perf_counter() - started,
@@ -80,6 +81,6 @@ def write_pca(path: Path, task: LayerDistillationTask) -> None:
 def pca_summary(task: LayerDistillationTask) -> dict:
     """A `pca` run's summary fields; the per-layer lists follow `pairs`."""
     translators = [task.translators[layer] for layer in task.teacher_layers]
-    return {"pca_keep": task.pca_keep, "pca_images": task.translator_images,
+    return {"pca_keep": task.options["pca_keep"], "pca_images": task.translator_images,
             "pca_components": [int(pca.components.shape[1]) for pca in translators],
             "pca_explained": [pca.explained for pca in translators]}

@@ -14,7 +14,8 @@ import yaml
 from ..errors import UserError
 from ..files import first_line, weights_kind
 from ..grid import layers
-from ..grid.runs import RunSpec
+from ..grid.runs import FIELDS, RunSpec
+from ..training.methods import METHODS, OPTIONS
 
 
 def _where(error) -> str:
@@ -76,8 +77,14 @@ def _check_references(config: dict) -> None:
             raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
                             "(valid: train, hub, an existing file, or an http(s) URL)")
     _check_stream(config)
+    for name in OPTIONS:  # the grid-wide method options; each run's are checked in its RunSpec
+        if name in config.get("distill", {}):
+            try:
+                OPTIONS[name].check(name, config["distill"][name])
+            except UserError as error:
+                raise UserError(f"config error at distill.{name}: {error}") from None
     for i, row in enumerate(config.get("distill", {}).get("runs", [])):
-        for spec in _as_list(row.get("layers", "none")):
+        for spec in _as_list(row["layers"]):
             try:
                 layers.check_syntax(spec)
             except UserError as error:
@@ -138,17 +145,27 @@ def _as_list(value) -> list:
 
 
 def run_specs(config: dict) -> list[RunSpec]:
-    """Every point of the grid, in config order, without repeats."""
+    """Every point of the grid, in config order, without repeats. A row's method options (`lowpass_keep`;
+    `pca_keep`, `pca_images`) are its own or the distill section's (the schema fills in defaults)."""
+    distill = config.get("distill", {})
     specs: dict[str, RunSpec] = {}
-    for i, row in enumerate(config.get("distill", {}).get("runs", [])):
-        combos = itertools.product(_as_list(row.get("layers", "none")), _as_list(row.get("beta", 0.0)),
-                                   _as_list(row["epochs"]), config["distill"].get("seeds", [0]))
+    for i, row in enumerate(distill.get("runs", [])):
+        known = METHODS.get(row["method"], METHODS["softkd"]).options  # an unknown method fails in RunSpec
+        options = {**{name: distill[name] for name in known if name in distill},
+                   **{name: row[name] for name in OPTIONS if name in row}}
+        combos = itertools.product(_as_list(row["layers"]), _as_list(row["beta"]), _as_list(row["epochs"]),
+                                   distill["seeds"])
         for spec_layers, beta, epochs, seed in combos:
             try:
-                spec = RunSpec(row["method"], spec_layers, float(beta), int(epochs), int(seed))
+                spec = RunSpec(row["method"], spec_layers, beta, epochs, seed, tuple(options.items()))
             except UserError as error:
-                raise UserError(f"config error at distill.runs[{i}]: {error}") from None
-            specs.setdefault(spec.run_id, spec)
+                field = str(error).split(" ", 1)[0]  # "beta must be ...": name the row's key
+                where = f"distill.runs[{i}]" + (f".{field}" if field in (*FIELDS, *OPTIONS) else "")
+                raise UserError(f"config error at {where}: {error}") from None
+            if specs.setdefault(spec.run_id, spec) != spec:  # run ids do not name the options
+                raise UserError(f"config error at distill.runs[{i}]: run {spec.run_id} is already in the grid with "
+                                f"other options ({dict(specs[spec.run_id].options)}); give the other value in a "
+                                "config of its own")
     return list(specs.values())
 
 
