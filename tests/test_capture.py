@@ -72,12 +72,40 @@ def test_float16_capture_round_trip(tmp_path):
         expected = [m.numpy().astype(np.float16) for m in features(model, x)]
     blocks = {}
     for layer, block in iter_layer_blocks(path):
-        assert block.dtype == np.float16
+        assert block.dtype == np.float32
         blocks.setdefault(layer, []).append(block)
     for layer, fmap in enumerate(expected):
         np.testing.assert_array_equal(np.concatenate(blocks[layer]), fmap)
+    # Any NetCDF reader sees floats: the half-precision values, as float32.
     with xr.open_dataset(path) as ds:
-        assert ds["activation"].dtype == np.uint16 and "float16" in ds["activation"].attrs["dyn_encoding"]
+        assert ds["activation"].dtype == np.float32 and "half precision" in ds["activation"].attrs["dyn_precision"]
+        for layer, fmap in enumerate(expected):
+            c, h, w = fmap.shape[1:]
+            np.testing.assert_array_equal(ds["activation"][layer, :, :c, :h, :w].values, fmap)
+    _, _, full = _capture(tmp_path / "f32", "deit_digits", n=4)
+    assert path.stat().st_size < 0.75 * full.stat().st_size, "the zeroed mantissa bits compress away"
+
+
+def test_a_float16_capture_of_an_older_dyn_still_reads(tmp_path):
+    # Before: the half bit patterns as uint16, attribute dyn_encoding.
+    import netCDF4
+
+    from dyn.analysis.capture import FLOAT16_BITS
+
+    values = np.random.default_rng(0).standard_normal((2, 3, 4, 2, 2)).astype(np.float16)
+    with netCDF4.Dataset(tmp_path / "old.nc", "w") as root:
+        for name, size in zip(("layer", "sample", "channel", "y", "x"), values.shape):
+            root.createDimension(name, size)
+        for name, size in zip(("channels", "height", "width"), values.shape[2:]):
+            root.createVariable(name, "i4", ("layer",))[:] = size
+        variable = root.createVariable("activation", "u2", ("layer", "sample", "channel", "y", "x"),
+                                       chunksizes=(1, 3, 4, 2, 2))
+        variable.set_auto_maskandscale(False)
+        variable[:] = values.view(np.uint16)
+        variable.dyn_encoding = FLOAT16_BITS
+    blocks = list(iter_layer_blocks(tmp_path / "old.nc"))
+    assert [layer for layer, _ in blocks] == [0, 1] and blocks[0][1].dtype == np.float32
+    np.testing.assert_array_equal(np.stack([block for _, block in blocks]), values.astype(np.float32))
 
 
 @pytest.mark.skipif(shutil.which("ncdump") is None, reason="ncdump (Debian netcdf-bin) not installed; CI installs it")

@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
-# NetCDF has no half-precision type: float16 captures store the IEEE half bit patterns as uint16
-# (attribute `dyn_encoding`), and `iter_layer_blocks` views them back as float16.
+# NetCDF has no half-precision type. A float16 capture keeps each value rounded to half precision in a
+# plain float32 variable (attribute `dyn_precision`), so that any NetCDF reader opens it as floats; the
+# shuffle filter and zlib store its zeroed low mantissa bits in almost nothing (about 55% of float32's
+# size). Earlier float16 captures held the half bit patterns as uint16 (`dyn_encoding`): still read.
+FLOAT16_PRECISION = "float16: each value rounded to IEEE half precision (nearest even), stored as float32"
 FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float16"
-_STORAGE = {"float32": "f4", "float16": "u2"}  # NetCDF types
 
 
 class CaptureWriter:
@@ -155,13 +157,13 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
 
 def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
     """A (B, C, H, W) block in the file's storage type, NaN-padded to `shape`."""
-    values = block.astype(DTYPES[dtype], copy=False)
+    values = block.astype(DTYPES[dtype], copy=False).astype(np.float32, copy=False)  # float16: rounded first
     if values.shape != tuple(shape):
         b, c, h, w = values.shape
-        full = np.full(shape, np.nan, dtype=DTYPES[dtype])
+        full = np.full(shape, np.nan, dtype=np.float32)
         full[:b, :c, :h, :w] = values
         values = full
-    return np.ascontiguousarray(values) if dtype == "float32" else values.view(np.uint16)
+    return np.ascontiguousarray(values)
 
 
 def _create_layout(root, layer_shapes, samples, dtype, samples_per_chunk, level, attrs):
@@ -184,17 +186,17 @@ def _create_layout(root, layer_shapes, samples, dtype, samples_per_chunk, level,
         var = root.createVariable(name, "i4", ("layer",))
         var[:] = shapes[:, index]
         var.long_name = f"number of valid {name[:-1] if name == 'channels' else name} entries of each layer"
-    # Every element is written (padding included), so a fill value is only a label: NaN for float32,
-    # none for the uint16 of float16 captures, which xarray would otherwise decode to float32.
-    fill = np.float32(np.nan) if dtype == "float32" else False
+    # Every element is written (padding included), so the fill value is only a label.
+    level = max(level, 1) if dtype == "float16" else level  # float16: its size comes from the compression
     compression = dict(compression="zlib", complevel=level, shuffle=True) if level > 0 else {}
-    variable = root.createVariable("activation", _STORAGE[dtype], ("layer", "sample", "channel", "y", "x"),
-                                   fill_value=fill, chunksizes=(1, samples_per_chunk, c, h, w), **compression)
+    variable = root.createVariable("activation", "f4", ("layer", "sample", "channel", "y", "x"),
+                                   fill_value=np.float32(np.nan), chunksizes=(1, samples_per_chunk, c, h, w),
+                                   **compression)
     variable.coordinates = "label channels height width"
     variable.long_name = "layer activations (ViT: patch tokens only, on the patch grid)"
     variable.set_auto_maskandscale(False)
     if dtype == "float16":
-        variable.dyn_encoding = FLOAT16_BITS
+        variable.dyn_precision = FLOAT16_PRECISION
     root.setncatts({
         "dyn_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -208,7 +210,7 @@ def iter_layer_blocks(path: str | os.PathLike, samples_per_block: int | None = N
     """Yield (layer, activations of a block of samples), each layer's padding cut off, through netCDF4.
 
     The default block is the file's own chunk of samples; memory stays one block of
-    (samples, C, H, W) values. float16 captures come back as float16.
+    (samples, C, H, W) values, float32 (those of float16 captures rounded to half precision).
     """
     import netCDF4
 
@@ -233,10 +235,10 @@ def _blocks(root, samples_per_block, progress, desc) -> Iterator[tuple[int, np.n
     chunking = variable.chunking()
     step = samples_per_block or (chunking[1] if chunking != "contiguous" else 16)
     shapes = np.stack([root[name][:] for name in ("channels", "height", "width")], axis=1).astype(int)
-    float16 = getattr(variable, "dyn_encoding", None) == FLOAT16_BITS
+    float16 = getattr(variable, "dyn_encoding", None) == FLOAT16_BITS  # an older float16 capture: uint16
     n_layers, n_samples = variable.shape[:2]
     for layer in tqdm(range(n_layers), desc=desc, unit="layer", disable=not progress):
         c, h, w = shapes[layer]
         for start in range(0, n_samples, step):
             block = np.asarray(variable[layer, start:start + step, :c, :h, :w])
-            yield layer, block.view(np.float16) if float16 else block
+            yield layer, block.view(np.float16).astype(np.float32) if float16 else block
