@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # NetCDF has no half-precision type. A float16 capture keeps each value rounded to half precision in a
 # plain float32 variable (attribute `dyn_precision`), so that any NetCDF reader opens it as floats; the
-# shuffle filter and zlib store its zeroed low mantissa bits in almost nothing (about 55% of float32's
+# shuffle filter and zlib store its zeroed low mantissa bits in almost nothing (54% of float32's
 # size). Earlier float16 captures held the half bit patterns as uint16 (`dyn_encoding`): still read.
 FLOAT16_PRECISION = "float16: each value rounded to IEEE half precision (nearest even), stored as float32"
 FLOAT16_BITS = "float16 bit patterns stored as uint16: view the values as float16"
