@@ -1,18 +1,23 @@
 # Two commands: `make run` (the whole workflow) and `make test` (the test suite).
-# Both create .venv with Python 3.11+ and install this package into it.
+# Both create .venv with Python 3.11+ and install this package into it, at the versions pinned in
+# requirements.lock (`make lock` writes it anew; pyproject.toml keeps the ranges).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run report test test-fast bench bench-gpu lint clean
+.PHONY: run report test test-fast bench bench-gpu lint lock clean
 
-$(BIN)/dyn: pyproject.toml
+$(BIN)/dyn: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,slurm]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[test,slurm]"
 	touch $@
+
+# Pin every package anew at what pip resolves today (then run `make test`).
+lock: $(BIN)/dyn
+	$(BIN)/python tools/lock.py
 
 run: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)

@@ -127,3 +127,19 @@ def test_an_option_is_checked_with_its_range():
     assert images.check("pca_images", 64.0) == 64 and isinstance(images.check("pca_images", 64.0), int)
     with pytest.raises(UserError, match="pca_images must be an integer >= 1"):
         images.check("pca_images", 0)
+
+
+def test_the_lock_pins_every_dependency_within_its_range():
+    from packaging.requirements import Requirement
+
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines()
+                if line and not line.startswith("#"))
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
+              + project["optional-dependencies"]["slurm"]]
+    for requirement in wanted:
+        name = requirement.name.lower()
+        assert name in pins, f"{name} is not in requirements.lock (make lock)"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement}"
