@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run report test test-fast bench bench-gpu lint lock clean
+.PHONY: run report test test-fast bench bench-gpu docs lint lock clean
 
 $(BIN)/dyn: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-fast: $(BIN)/dyn
 
 bench: $(BIN)/dyn
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench.py
+	$(BIN)/python tools/docs.py
+
+# The docs' measured tables, written anew from results/ (after `make run` and `make bench`).
+docs: $(BIN)/dyn
+	$(BIN)/python tools/docs.py
 
 bench-gpu: $(BIN)/dyn
 	$(BIN)/python benchmarks/bench_gpu.py --compile

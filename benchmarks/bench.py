@@ -3,12 +3,13 @@
     python benchmarks/bench.py                       # everything (a few minutes on 2 CPU cores)  (make bench)
     python benchmarks/bench.py --only metrics,train
 
-Prints a table and writes results/bench.json. Absolute times depend on the machine and its load;
-the ratios are the numbers to compare. The GPU training-step benchmark is benchmarks/bench_gpu.py.
+Prints a table and merges it into results/bench.json (`make docs` writes the docs' tables from it).
+Absolute times depend on the machine and its load; the ratios are the numbers to compare. The GPU training-step benchmark is benchmarks/bench_gpu.py.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -477,11 +478,13 @@ def main(argv: list[str] | None = None) -> int:
                 "live": lambda: bench_live(min(args.repeats, 3)), "dag": lambda: bench_dag(args.repeats)}
     rows: list[dict] = []
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
     for section in chosen:
         t0 = time.perf_counter()
         for r in sections[section]():
             rows.append({**r, "section": section})
-        print(f"[{section}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+        seconds[section] = time.perf_counter() - t0
+        print(f"[{section}: {seconds[section]:.0f} s]", file=sys.stderr)
     print_table(rows)
     for r in calibration:
         print(f"U test: {r['u_rate']:6.1%} U on {r['runs']} draws of {r['what']} (min_rise {r['min_rise']:g})")
@@ -492,8 +495,16 @@ def main(argv: list[str] | None = None) -> int:
                "numpy": np.__version__, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
                                                             / 2**30, 1),
                "load_average_at_end": os.getloadavg()}
-    write_json(args.out, {"machine": machine, "seconds": round(time.perf_counter() - started, 1), "rows": rows,
-                          "calibration": calibration})
+    # The sections run now replace theirs in the file; the others keep theirs, each with when and where.
+    kept = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    write_json(args.out, {
+        "machine": machine,
+        "rows": [r for r in kept.get("rows", []) if r["section"] not in chosen] + rows,
+        "calibration": calibration if "calibration" in chosen else kept.get("calibration", []),
+        "sections": {**kept.get("sections", {}),
+                     **{name: {"date": today, "seconds": round(t, 1), "machine": machine}
+                        for name, t in seconds.items()}}})
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 
