@@ -115,10 +115,11 @@ def markdown_table() -> str:
     def named(function):  # the loss parts by their names here, without the underscore
         return function.__name__.lstrip("_") if function else "-"
 
-    lines = ["| method | aligned layers | L_feat | teacher's maps through | projector | options (default) | what it is |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | aligned layers | L_feat | teacher's maps through | projector | options (default) "
+             "| what it is |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in METHODS.items():
-        options = ", ".join(f"`{key}` ({option.default:g})" for key, option in entry.options.items()) or "-"
+        options = "; ".join(f"`{key}` ({option.default:g}): {option.help}"
+                            for key, option in entry.options.items()) or "-"
         lines.append(f"| `{name}` | {'yes' if entry.aligned else 'no'} | {named(entry.feature_loss)} | "
                      f"{named(entry.teacher_transform)} | {entry.projector or '-'} | {options} | {entry.about} |")
     return "\n".join(lines) + "\n"
