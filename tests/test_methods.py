@@ -44,8 +44,11 @@ def test_the_schemas_defaults_and_the_librarys_are_the_same():
     # The method options: the registry's defaults against the distill section's.
     assert {name: option.default for name, option in methods.OPTIONS.items()} == {
         name: distill[name] for name in methods.OPTIONS}
-    # The training recipe: every train key.
+    # The training recipe: every train key; the dataset section's (a config given in code).
     assert dataclasses.asdict(Recipe()) == config["train"]
+    from dyn.data import DATASET_DEFAULTS
+
+    assert DATASET_DEFAULTS == {key: config["dataset"][key] for key in DATASET_DEFAULTS}
     # The metric functions' defaults, for library users, against the analysis section's.
     assert metrics.DEFAULT_BINS == analysis["entropy_bins"]
     for function in (metric_files.write_metric, metric_files.metric_dataset, metric_files.stream_metrics,

@@ -86,16 +86,26 @@ def check_dataset_cfg(cfg: dict) -> None:
         raise UserError(f"dataset.num_classes must be at least 1, got {cfg['num_classes']}")
 
 
+# The dataset section's defaults where a config is given in code; the workflow's come from the schema
+# (tests/test_methods.py holds the two equal).
+DATASET_DEFAULTS = {"name": "digits", "val_fraction": 0.2, "split_seed": 0}
+
+
+def dataset_name(cfg: dict) -> str:
+    return cfg.get("name", DATASET_DEFAULTS["name"])
+
+
 def build_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:
     """The dataset named by `cfg['name']` (see DATASETS) for `split`, with `transform` applied."""
     check_dataset_cfg(cfg)
-    name = cfg.get("name", "digits")
+    cfg = {**DATASET_DEFAULTS, **cfg}
+    name = cfg["name"]
     if timm_prefix(name):
         return timm_dataset(cfg, split, transform)
     if name not in DATASETS:
         raise UserError(f"unknown dataset.name '{name}': valid datasets are {VALID_NAMES}")
     if name == "digits":
-        return DigitsDataset(split, cfg.get("val_fraction", 0.2), cfg.get("split_seed", 0), transform)
+        return DigitsDataset(split, cfg["val_fraction"], cfg["split_seed"], transform)
     root = cfg.get("root")
     if not root:
         raise UserError(f"dataset '{name}' needs dataset.root: the folder that holds its files")

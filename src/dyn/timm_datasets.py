@@ -35,7 +35,7 @@ def timm_prefix(name: str) -> str | None:
 
 def is_stream(cfg: dict) -> bool:
     """Whether the configured dataset is read in order only (no sample by index)."""
-    return timm_prefix(cfg.get("name", "digits")) in STREAMS
+    return timm_prefix(cfg.get("name", "")) in STREAMS  # no name: the digits, no stream
 
 
 def timm_dataset(cfg: dict, split: str, transform: Callable | None = None) -> Dataset:

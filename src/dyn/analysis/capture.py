@@ -137,7 +137,7 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
     is evaluated with were not chosen on its validation images); `sample`: stratified over the classes,
     or the first `num_images`; `transform`: the model's own or the authors' `imagenet` protocol; `layers`:
     module-name globs (forward hooks; attr `layer_modules`), or timm's forward_intermediates."""
-    from ..data import analysis_images, analysis_transform, build_dataset, describe_sample
+    from ..data import analysis_images, analysis_transform, build_dataset, dataset_name, describe_sample
     from ..models import load_checkpoint, sha256_of
     from ..devices import resolve_device
 
@@ -147,7 +147,7 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
     dataset = build_dataset(dataset_cfg, split, analysis_transform(model, transform))
     images = analysis_images(dataset, num_images, sample, sample_seed)
     attrs = {"model": name, "arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint),
-             "dataset": dataset_cfg.get("name", "digits"), "split": split,
+             "dataset": dataset_name(dataset_cfg), "split": split,
              "sample_selection": describe_sample(sample, len(images), sample_seed, split), "transform": transform}
     if layers:  # which modules the layers are, in order
         attrs.update(layer_globs=", ".join(layers), layer_modules=", ".join(layer_names(model)))

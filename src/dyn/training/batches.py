@@ -157,9 +157,9 @@ class Batches:
 def split_batches(dataset_cfg: dict, model: nn.Module, recipe, seed: int,
                   world: World = World()) -> tuple[Batches, Batches]:
     """Training and validation batches of the configured dataset, with `model`'s timm transforms."""
-    from ..data import build_dataset, build_transform, is_stream
+    from ..data import build_dataset, build_transform, dataset_name, is_stream
 
-    name = dataset_cfg.get("name", "digits")
+    name = dataset_name(dataset_cfg)
     if is_stream(dataset_cfg):  # before the datasets are built: the stream would be refused after
         raise UserError(f"dataset.name '{name}' is a stream (timm's IterableImageDataset, no sample by index): "
                         "training and evaluation take their batches in an order fixed by (seed, epoch), so they "

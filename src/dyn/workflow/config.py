@@ -71,7 +71,7 @@ def _check_references(config: dict) -> None:
         if key not in models:
             raise UserError(f"config error at analysis.models: unknown model key '{key}'; defined models are {keys}")
     for key, model in models.items():
-        if model["weights"] == "train" and model.get("epochs", 0) < 1:
+        if model["weights"] == "train" and model["epochs"] < 1:
             raise UserError(f"config error at models.{key}.epochs: weights is 'train', so epochs must be at least 1")
         if weights_kind(model["weights"]) == "path" and not Path(model["weights"]).is_file():
             raise UserError(f"config error at models.{key}.weights: file not found: {model['weights']} "
@@ -95,7 +95,7 @@ def _check_references(config: dict) -> None:
 def _check_stream(config: dict) -> None:
     """A stream dataset (wds/, tfds/: read in order, no sample by index) serves the analysis of fetched
     weights on its first images only: say so before any job starts, naming the key that asks for more."""
-    name = config.get("dataset", {}).get("name", "digits")
+    name = config["dataset"]["name"]
     if "/" not in name:
         return
     from ..timm_datasets import is_stream  # imports torch: only for timm's prefixed names
@@ -106,7 +106,7 @@ def _check_stream(config: dict) -> None:
     if config["analysis"].get("sample") != "first":
         raise UserError(f"config error at analysis.sample: {what} sample: first (the first num_images images)")
     for key, model in config["models"].items():
-        if model["weights"] == "train" or model.get("evaluate", True):
+        if model["weights"] == "train" or model["evaluate"]:
             field = "weights" if model["weights"] == "train" else "evaluate"
             raise UserError(f"config error at models.{key}.{field}: {what} the analysis of given weights: no "
                             "training or evaluation on it (weights: a file, URL or hub; evaluate: false)")
@@ -133,7 +133,7 @@ def use_python_path(config: dict) -> list[str]:
     imported from); returns them as absolute paths for the jobs' PYTHONPATH."""
     import sys
 
-    folders = [str(Path(folder).resolve()) for folder in config.get("python_path", [])]
+    folders = [str(Path(folder).resolve()) for folder in config["python_path"]]
     for folder in reversed(folders):
         if folder not in sys.path:
             sys.path.insert(0, folder)
