@@ -67,6 +67,7 @@ def test_a_run_spec_crosses_to_the_cli_and_back_unchanged():
     spec = RunSpec("pca", "First1+Last1", 0.2, 30, 2, (("pca_keep", 0.5),))
     assert spec.options == (("pca_images", 256), ("pca_keep", 0.5)), "every option, the missing at its default"
     assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert RunSpec("softkd", epochs=30.0, seed=2.0) == RunSpec("softkd", epochs=30, seed=2), "a whole float is an int"
     import json
 
     assert runs_from_json(json.dumps([spec.to_dict(), RunSpec("softkd", epochs=30, seed=2).to_dict()])) == [

@@ -37,9 +37,11 @@ class RunSpec:
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not (
                 math.isfinite(self.beta) and self.beta >= 0):
             raise UserError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        for name, value in (("epochs", self.epochs), ("seed", self.seed)):
-            if isinstance(value, bool) or not isinstance(value, int):
+        for name in ("epochs", "seed"):  # 30.0 is 30 (YAML and JSON may write it so), 30.5 is refused
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
                 raise UserError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.epochs < 1:
             raise UserError(f"epochs must be at least 1, got {self.epochs}")
         given = dict(self.options)
