@@ -65,9 +65,9 @@ def bench(results: Path, sections: str) -> str | None:
 
 def calibration(results: Path) -> str | None:
     path = results / "bench.json"
-    if not path.is_file() or not json.loads(path.read_text()).get("calibration"):
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if not data.get("calibration"):
         return None
-    data = json.loads(path.read_text())
     rises = sorted({r["min_rise"] for r in data["calibration"]})
     rates: dict[str, dict] = {}
     for r in data["calibration"]:  # one row per profile, one column per u_min_rise

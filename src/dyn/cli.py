@@ -25,7 +25,7 @@ def cli():
 cli.add_command(report)  # `dyn report ...` (cli_report.py)
 
 
-def _given(param, value):
+def _given(ctx, param, value):
     """A click callback: a flag pair (--x/--no-x) that must be given one way or the other."""
     if value is None:
         raise click.MissingParameter(param=param)
@@ -39,7 +39,7 @@ def _given(param, value):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors path.")
 @click.option("--epochs", type=click.IntRange(min=0), required=True, help="Epochs when --weights train.")
 @click.option("--seed", type=int, required=True)
-@click.option("--evaluate/--no-evaluate", default=None, callback=lambda ctx, param, value: _given(param, value),
+@click.option("--evaluate/--no-evaluate", default=None, callback=_given,
               help="Measure validation accuracy, or not (one of them is needed).")
 @click.option("--state", type=click.Path(dir_okay=False), default=None, help="Resumable training state file.")
 @dataset_option

@@ -79,7 +79,7 @@ def check_dataset_cfg(cfg: dict) -> None:
             kinds = "a number" if DATASET_KEYS[key] == (int, float) else " or ".join(
                 "null" if t is type(None) else "an integer" if t is int else "a string" for t in DATASET_KEYS[key])
             raise UserError(f"dataset.{key} must be {kinds}, got {value!r}")
-    if cfg.get("image_mode", "RGB") not in IMAGE_MODES:
+    if "image_mode" in cfg and cfg["image_mode"] not in IMAGE_MODES:
         raise UserError(f"dataset.image_mode must be one of {', '.join(IMAGE_MODES)} (3 or 1 channels), "
                         f"got {cfg['image_mode']!r}")
     if cfg.get("num_classes") is not None and cfg["num_classes"] < 1:

@@ -71,7 +71,7 @@ class CaptureWriter:
         stored = block.astype(DTYPES[self.dtype], copy=False)  # float16 captures: the range of the rounded values
         self.low, self.high = min(self.low, float(stored.min())), max(self.high, float(stored.max()))
         with self._failing_writes():
-            self._variable[layer, start:start + block.shape[0]] = _padded(block, shape, self.dtype)
+            self._variable[layer, start:start + block.shape[0]] = _padded(stored, shape)
 
     def write_labels(self, start: int, labels: Sequence[int]) -> None:
         """The class of samples start.. (coord `label`)."""
@@ -140,7 +140,6 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
     from ..data import analysis_images, analysis_transform, build_dataset, dataset_name, describe_sample
     from ..models import load_checkpoint, sha256_of
     from ..devices import resolve_device
-
     from ..hooks import layer_names
 
     model = load_checkpoint(arch, checkpoint, layers=layers)
@@ -155,9 +154,9 @@ def capture_checkpoint(name: str, arch: str, checkpoint: str | os.PathLike, out:
                    compression_level=compression_level, device=resolve_device(device), progress=progress)
 
 
-def _padded(block: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
-    """A (B, C, H, W) block in the file's storage type, NaN-padded to `shape`."""
-    values = block.astype(DTYPES[dtype], copy=False).astype(np.float32, copy=False)  # float16: rounded first
+def _padded(block: np.ndarray, shape: tuple) -> np.ndarray:
+    """A (B, C, H, W) block (of float16 captures: already rounded) as the file's float32, NaN-padded to `shape`."""
+    values = block.astype(np.float32, copy=False)
     if values.shape != tuple(shape):
         b, c, h, w = values.shape
         full = np.full(shape, np.nan, dtype=np.float32)

@@ -76,11 +76,12 @@ def fetch(name: str, arch: str, weights: str, out: str | Path, dataset_cfg: dict
                 torch.hub.download_url_to_file(weights, str(path), progress=False)
             model = create_model(arch, checkpoint=path)  # the checkpoint's classifier decides the classes
         source = weights
-    info = {"model": name, "arch": arch, "source": source, "weights": weights, "num_classes": classes_of(model),
+    classes = classes_of(model)
+    info = {"model": name, "arch": arch, "source": source, "weights": weights, "num_classes": classes,
             "dataset": dataset_cfg.get("name"), "dyn_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if evaluate_model and classes_of(model) != n_classes:
-        info["evaluation"] = (f"skipped: the model has {classes_of(model)} classes, the dataset's validation "
+    if evaluate_model and classes != n_classes:
+        info["evaluation"] = (f"skipped: the model has {classes} classes, the dataset's validation "
                               f"split {n_classes}")
         log.info("%s: validation accuracy %s", name, info["evaluation"])
     elif evaluate_model:

@@ -63,7 +63,7 @@ TRAINING_CODE = {
     "data.py": "datasets, splits, transforms, the snapshot images",
     "timm_datasets.py": "timm's datasets by name (folder, hfds/, wds/, tfds/): splits, labels, class maps",
     "grid/layers.py": "layer specs -> aligned block pairs",
-    "grid/runs.py": "run specs and the methods a task knows",
+    "grid/runs.py": "run specs: method, layers, beta, epochs, seed, the method's options",
     "analysis/metrics.py": "the snapshots' entropy and magnitude",
     "analysis/controls.py": "imported by metrics (channel-order controls)",
 }

@@ -79,8 +79,8 @@ def write_pca(path: Path, task: LayerDistillationTask) -> None:
 
 
 def pca_summary(task: LayerDistillationTask) -> dict:
-    """A `pca` run's summary fields; the per-layer lists follow `pairs`."""
+    """A `pca` run's summary fields besides its options; the per-layer lists follow `pairs`."""
     translators = [task.translators[layer] for layer in task.teacher_layers]
-    return {"pca_keep": task.options["pca_keep"], "pca_images": task.translator_images,
+    return {"pca_images": task.translator_images,  # those used: all of them where fewer than asked
             "pca_components": [int(pca.components.shape[1]) for pca in translators],
             "pca_explained": [pca.explained for pca in translators]}
